@@ -1,0 +1,61 @@
+/**
+ * The output folder of every command that writes a model: `model.onnx`, `report.json` and
+ * `report.md`. Everything is written into a temporary sibling folder first and renamed into
+ * place at the end, so a failure at any step leaves no partial output behind; an existing
+ * output is refused unless `force` is set.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { InputError } from '../errors.js';
+
+export interface OutputFile {
+  name: string;
+  contents: Uint8Array | string;
+}
+
+/** Fails early, before any work, when the output exists and `force` is not set. */
+export async function checkOutputFree(out: string, force: boolean): Promise<void> {
+  const info = await stat(out).catch(() => undefined);
+  if (!info) return;
+  if (!info.isDirectory()) throw new InputError(`${out}: exists and is not a folder`, out);
+  if (force) return;
+  if ((await readdir(out)).length > 0) {
+    throw new InputError(`${out}: output folder exists and is not empty (pass --force)`, out);
+  }
+}
+
+/** Refuses to write the output over the input model's own folder. */
+export function checkNotInputFolder(out: string, inputs: readonly string[]): void {
+  const target = resolve(out);
+  for (const input of inputs) {
+    if (resolve(dirname(input)) === target) {
+      throw new InputError(`${out}: the output folder holds the input ${input}`, out);
+    }
+  }
+}
+
+/** Writes all files into a fresh folder and moves it to `out` in one rename. */
+export async function writeOutputFolder(
+  out: string,
+  files: readonly OutputFile[],
+  force: boolean,
+): Promise<void> {
+  await checkOutputFree(out, force);
+  const parent = dirname(resolve(out));
+  await mkdir(parent, { recursive: true });
+  const staging = join(parent, `.${basename(out)}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    await mkdir(staging);
+    for (const file of files) await writeFile(join(staging, file.name), file.contents);
+    const old = (await stat(out).catch(() => undefined))
+      ? join(parent, `.${basename(out)}.${randomBytes(4).toString('hex')}.old`)
+      : undefined;
+    if (old) await rename(out, old);
+    await rename(staging, out);
+    if (old) await rm(old, { recursive: true, force: true });
+  } catch (error) {
+    await rm(staging, { recursive: true, force: true });
+    throw error;
+  }
+}
