@@ -1,0 +1,86 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { InputError } from '../../src/errors.js';
+import { resolvePreprocess } from '../../src/data/preprocess.js';
+
+const models = join(import.meta.dirname, '..', '..', '..', 'shared', 'fixtures', 'models');
+const vitTiny = join(models, 'vit_tiny_patch16_224', 'model.opset17.onnx');
+const vitMnist = join(models, 'vit4mnist', 'model.opset17.onnx');
+
+function modelInTempDir(config?: unknown): string {
+  const dir = mkdtempSync(join(tmpdir(), 'vitslim-pre-'));
+  if (config !== undefined) writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+  return join(dir, 'model.onnx');
+}
+
+describe('resolvePreprocess', () => {
+  it("reads the ViT-Tiny's timm config: resize 248 = floor(224 / 0.9), crop 224, bicubic", async () => {
+    expect(await resolvePreprocess(vitTiny)).toEqual({
+      channels: 3,
+      mean: [0.5, 0.5, 0.5],
+      std: [0.5, 0.5, 0.5],
+      resize: 248,
+      crop: 224,
+      interpolation: 'bicubic',
+      height: 224,
+      width: 224,
+    });
+  });
+
+  it("reads the MNIST ViT's config: one channel 28×28, no resize or crop", async () => {
+    const config = await resolvePreprocess(vitMnist);
+    expect(config).toMatchObject({ channels: 1, mean: [0.1307], std: [0.3081], height: 28 });
+    expect(config.resize).toBeNull();
+    expect(config.crop).toBeNull();
+  });
+
+  it('puts overrides on top of the config', async () => {
+    const config = await resolvePreprocess(vitTiny, { interpolation: 'bilinear', resize: 256 });
+    expect(config.interpolation).toBe('bilinear');
+    expect(config.resize).toBe(256);
+    expect(config.crop).toBe(224);
+  });
+
+  it('refuses a model without config and overrides, naming the model and the flags', async () => {
+    const model = modelInTempDir();
+    const error = await resolvePreprocess(model).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InputError);
+    expect((error as Error).message).toContain(model);
+    for (const flag of ['--mean', '--std', '--resize', '--crop', '--interpolation']) {
+      expect((error as Error).message).toContain(flag);
+    }
+  });
+
+  it('builds a config from overrides alone, broadcasting a single mean and std', async () => {
+    const config = await resolvePreprocess(modelInTempDir(), {
+      mean: [0.5],
+      std: [0.25],
+      resize: 256,
+      crop: 224,
+    });
+    expect(config).toMatchObject({ mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] });
+    expect(config).toMatchObject({ height: 224, width: 224, interpolation: 'bicubic' });
+  });
+
+  it('reports every bad override together, unknown keys included', async () => {
+    const overrides = { std: [0], crop: -1, colour: 'rgb' } as unknown as object;
+    const error = await resolvePreprocess(vitTiny, overrides).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InputError);
+    expect((error as Error).message).toMatch(/std\.0.*crop.*colour/s);
+  });
+
+  it('refuses a crop larger than the resize', async () => {
+    const error = await resolvePreprocess(vitTiny, { resize: 200 }).catch((e: unknown) => e);
+    expect((error as Error).message).toContain(
+      'crop 224 is larger than the resized shorter side 200',
+    );
+  });
+
+  it('names a config.json that is not valid JSON', async () => {
+    const model = modelInTempDir();
+    writeFileSync(join(model, '..', 'config.json'), '{ "input_size": [3, 224');
+    await expect(resolvePreprocess(model)).rejects.toThrow(/config\.json is not valid JSON/);
+  });
+});
