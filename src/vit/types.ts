@@ -74,6 +74,9 @@ export interface MlpMap {
   fc2: LinearLayer;
 }
 
+/** The activation between two linear layers (an MLP's, or the head's hidden layer's). */
+export type ActivationMap = MlpMap['activation'];
+
 export interface BlockMap {
   index: number;
   input: string;
@@ -99,6 +102,7 @@ export interface PatchEmbedMap {
 export interface StructureCounts {
   width: number;
   depth: number;
+  /** Heads, head size and MLP width of the first block (see each block for pruned models). */
   heads: number;
   headDim: number;
   mlpWidth: number;
@@ -110,6 +114,11 @@ export interface StructureCounts {
   parameters: number;
   /** Multiply-accumulates per image of every MatMul/Gemm/Conv (attention matmuls included). */
   macs: number;
+  /**
+   * MACs per image of each role of the map: the linear layers by their role, and the attention
+   * MatMuls as `blocks.<i>.attn.scores` and `blocks.<i>.attn.context`.
+   */
+  macsByRole?: Record<string, number>;
 }
 
 export interface ViTStructure {
@@ -120,9 +129,16 @@ export interface ViTStructure {
   classToken?: { initializer: string; concat: string };
   positionEmbedding?: { initializer: string; add: string };
   blocks: BlockMap[];
-  finalNorm: NormLayer;
+  /** The norm after the last block (or after pooling); absent where the model has none. */
+  finalNorm?: NormLayer;
   /** Node selecting the class token (Gather/Slice) or pooling (ReduceMean), if recognised. */
   pooling?: { node: string; kind: 'class-token' | 'mean' };
+  /**
+   * A hidden layer between pooling and the classifier, with its activation: timm's pre-logits
+   * representation layer, or the first layer of a two-layer MLP head (role `pre_logits`).
+   */
+  preLogits?: { linear: LinearLayer; activation: ActivationMap };
+  /** The classifier giving the logits. */
   head: LinearLayer;
   counts: StructureCounts;
 }
