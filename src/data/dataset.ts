@@ -71,6 +71,10 @@ export async function openDataset(
   preprocess: PreprocessConfig,
   options: OpenDatasetOptions = {},
 ): Promise<Dataset> {
+  const { limit } = options;
+  if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
+    throw new RangeError(`openDataset: limit must be an integer ≥ 1, got ${limit}`);
+  }
   await requireFolder(path);
   const listing = await listFolder(path);
   if (listing.idxImages.length > 0 && listing.images.length === 0) {

@@ -128,27 +128,33 @@ function resampleRows(
   rowFirst: number,
   rows: number,
 ): Uint8Array {
-  const { channels } = src;
-  const outWidth = axis.start.length;
+  const { data, width, channels } = src;
+  const { start, taps, weights, kernelSize } = axis;
+  const outWidth = start.length;
   const out = new Uint8Array(rows * outWidth * channels);
+  const sums = new Float64Array(channels);
   for (let y = 0; y < rows; y++) {
-    const inRow = (rowFirst + y) * src.width * channels;
+    const inRow = (rowFirst + y) * width * channels;
+    const outRow = y * outWidth * channels;
     for (let x = 0; x < outWidth; x++) {
-      const k = x * axis.kernelSize;
-      const base = inRow + axis.start[x]! * channels;
-      for (let c = 0; c < channels; c++) {
-        let sum = one / 2;
-        for (let t = 0; t < axis.taps[x]!; t++) {
-          sum += src.data[base + t * channels + c]! * axis.weights[k + t]!;
-        }
-        out[(y * outWidth + x) * channels + c] = clip8(sum);
+      const k = x * kernelSize;
+      const n = taps[x]!;
+      let p = inRow + start[x]! * channels;
+      sums.fill(one / 2);
+      for (let t = 0; t < n; t++, p += channels) {
+        const w = weights[k + t]!;
+        for (let c = 0; c < channels; c++) sums[c] = sums[c]! + data[p + c]! * w;
       }
+      for (let c = 0; c < channels; c++) out[outRow + x * channels + c] = clip8(sums[c]!);
     }
   }
   return out;
 }
 
-/** Vertical pass; `src` holds input rows starting at `rowFirst`. */
+/**
+ * Vertical pass; `src` holds input rows starting at `rowFirst`. Whole rows are accumulated
+ * tap by tap, so memory is read in order.
+ */
 function resampleColumns(
   src: Uint8Array,
   width: number,
@@ -156,19 +162,20 @@ function resampleColumns(
   rowFirst: number,
   axis: AxisWeights,
 ): Uint8Array {
-  const outHeight = axis.start.length;
+  const { start, taps, weights, kernelSize } = axis;
+  const outHeight = start.length;
   const stride = width * channels;
   const out = new Uint8Array(outHeight * stride);
+  const sums = new Float64Array(stride);
   for (let y = 0; y < outHeight; y++) {
-    const k = y * axis.kernelSize;
-    const base = (axis.start[y]! - rowFirst) * stride;
-    for (let i = 0; i < stride; i++) {
-      let sum = one / 2;
-      for (let t = 0; t < axis.taps[y]!; t++) {
-        sum += src[base + t * stride + i]! * axis.weights[k + t]!;
-      }
-      out[y * stride + i] = clip8(sum);
+    sums.fill(one / 2);
+    for (let t = 0; t < taps[y]!; t++) {
+      const w = weights[y * kernelSize + t]!;
+      const row = (start[y]! + t - rowFirst) * stride;
+      for (let i = 0; i < stride; i++) sums[i] = sums[i]! + src[row + i]! * w;
     }
+    const outRow = y * stride;
+    for (let i = 0; i < stride; i++) out[outRow + i] = clip8(sums[i]!);
   }
   return out;
 }
