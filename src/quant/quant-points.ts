@@ -66,6 +66,7 @@ export function quantPoints(structure: ViTStructure): QuantPoints {
     linear(block.mlp.fc1);
     linear(block.mlp.fc2);
   }
+  if (structure.preLogits) linear(structure.preLogits.linear);
   linear(structure.head);
   return { activations, weights };
 }

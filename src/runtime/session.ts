@@ -28,6 +28,8 @@ export async function createSession(
     graphOptimizationLevel: options.optimization ?? 'all',
     executionProviders: ['cpu'],
     interOpNumThreads: 1,
+    // warnings (e.g. about saving an optimised graph) would reach the user's terminal directly
+    logSeverityLevel: 3,
     ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
     ...(options.optimizedModelPath ? { optimizedModelFilePath: options.optimizedModelPath } : {}),
   };

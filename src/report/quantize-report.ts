@@ -1,0 +1,86 @@
+/**
+ * report.json and report.md of a quantization: what was done (recipe, options, versions), how
+ * each layer was quantized, and what it gave (kernels, size, accuracy, latency).
+ */
+import type { PreprocessConfig } from '../data/index.js';
+import type { QuantizeOptions } from '../options.js';
+import type { QuantizeReport } from '../pipeline/quantize.js';
+import { versions } from '../version.js';
+import { evaluationMarkdown } from './evaluation.js';
+import { markdownTable, megabytes, percent } from './markdown.js';
+
+export interface ReportContext {
+  input: { path: string; bytes: number; sha256: string };
+  options: QuantizeOptions;
+  preprocess: PreprocessConfig;
+}
+
+export function quantizeReportJson(report: QuantizeReport, context: ReportContext): string {
+  const document = {
+    tool: 'vitslim',
+    command: 'quantize',
+    versions: versions(),
+    input: context.input,
+    options: context.options,
+    preprocess: context.preprocess,
+    ...report,
+  };
+  return `${JSON.stringify(document, null, 2)}\n`;
+}
+
+export function quantizeReportMarkdown(report: QuantizeReport, context: ReportContext): string {
+  const parts = [
+    `# vitslim quantize: ${report.recipe} (${report.kind})`,
+    `Input: \`${context.input.path}\` (${megabytes(context.input.bytes)}). ` +
+      `Output: model.onnx (${megabytes(report.output.bytes)}, ` +
+      `${(report.output.bytes / context.input.bytes).toFixed(3)}× the input).`,
+    ...report.notes.map((n) => `- ${n}`),
+  ];
+  if (report.calibration) {
+    const c = report.calibration;
+    parts.push(
+      `Calibration: ${c.images} images of \`${c.path}\` (seed ${c.seed}), observer ${c.observer}, ` +
+        `${c.tensors} tensors, ${c.seconds.toFixed(1)} s.`,
+    );
+  }
+  if (report.kernels) {
+    const k = report.kernels;
+    parts.push(
+      `## Integer kernels\n\n${k.integer} of ${k.layers.length} linear layers run as integer ` +
+        `kernels (${percent(k.fraction)}) in onnxruntime's optimised graph.`,
+      markdownTable(
+        ['layer', 'form', 'kernel', 'reason'],
+        k.layers.map((l) => {
+          const row = report.layers?.find((r) => r.node === l.node);
+          return [l.role, row?.form, l.kernel, row?.reason];
+        }),
+      ),
+    );
+  }
+  if (report.simulation) parts.push(simulationMarkdown(report));
+  if (report.keptFloat.length) {
+    parts.push(`Kept in float: ${report.keptFloat.map((k) => k.role).join(', ')}.`);
+  }
+  if (report.evaluation) parts.push(`## Evaluation\n\n${evaluationMarkdown(report.evaluation)}`);
+  return parts.join('\n\n') + '\n';
+}
+
+function simulationMarkdown(report: QuantizeReport): string {
+  const s = report.simulation!;
+  const weights = markdownTable(
+    ['weight', 'bits', 'rel. MSE', 'SQNR dB'],
+    s.weights.map((w) => [w.role, w.bits, w.relativeMse.toExponential(2), w.sqnrDb?.toFixed(1)]),
+  );
+  const activations = markdownTable(
+    ['activation', 'bits', 'min', 'max', 'scale', 'form'],
+    s.activations.map((a) => [
+      a.role,
+      a.bits,
+      a.range.min.toPrecision(4),
+      a.range.max.toPrecision(4),
+      a.scale.toPrecision(4),
+      a.form,
+    ]),
+  );
+  return `## Weights\n\n${weights}\n\n## Activations\n\n${activations}`;
+}
