@@ -1,0 +1,129 @@
+/**
+ * Weight quantizers of the deployable exports: symmetric int8 per output channel (QDQ and
+ * dynamic recipes) and blockwise 4-bit along the input features (MatMulNBits).
+ */
+import type { LinearLayer } from '../../vit/types.js';
+import type { GraphIndex } from '../../graph/graph.js';
+import { InputError } from '../../errors.js';
+import { channelRanges, intRange, quantize, roundHalfEven, symmetricParams } from '../uniform.js';
+import { outputChannelAxis } from './layers.js';
+
+/** A weight as integer codes with one scale per output channel (zero point 0). */
+export interface ChannelQuantizedWeight {
+  values: Int8Array;
+  /** float32-exact scales, one per output channel. */
+  scales: Float32Array;
+  dims: number[];
+  /** Axis of `dims` holding the output channels. */
+  axis: number;
+}
+
+/** The float32 weight of a layer with its dims; NaN or Inf is refused naming the tensor. */
+export function layerWeight(index: GraphIndex, layer: LinearLayer) {
+  const values = index.constantFloat32(layer.weight);
+  const dims = index.constantDims(layer.weight);
+  if (!values || !dims) throw new InputError(`weight ${layer.weight} of ${layer.node} not found`);
+  for (let i = 0; i < values.length; i++) {
+    if (!Number.isFinite(values[i]!)) {
+      throw new InputError(`weight ${layer.weight} of ${layer.node} holds NaN or Inf at ${i}`);
+    }
+  }
+  return { values, dims };
+}
+
+/**
+ * Symmetric int8 per output channel: scale_c = max|W_c| / 127, q = roundHalfEven(W / scale_c).
+ * Codes stay in [−127, 127] (−128 never occurs), the range onnxruntime's own quantizer uses
+ * for symmetric weights. An all-zero channel gets scale 1 and codes 0.
+ */
+export function quantizeWeightPerChannel(
+  index: GraphIndex,
+  layer: LinearLayer,
+): ChannelQuantizedWeight {
+  const { values, dims } = layerWeight(index, layer);
+  const axis = outputChannelAxis(layer);
+  const range = intRange(8, true);
+  const { min, max } = channelRanges(values, dims, axis);
+  const params = Array.from(min, (lo, c) => {
+    const p = symmetricParams(lo, max[c]!, range);
+    return { scale: Math.fround(p.scale), zeroPoint: 0 };
+  });
+  const codes = quantize(values, params, range, dims, axis);
+  return {
+    values: Int8Array.from(codes),
+    scales: Float32Array.from(params, (p) => p.scale),
+    dims,
+    axis,
+  };
+}
+
+/** A MatMulNBits weight: packed codes [N, kBlocks, blockSize/2], scales and zero points. */
+export interface BlockQuantizedWeight {
+  packed: Uint8Array;
+  /** [N, kBlocks] float32 scales. */
+  scales: Float32Array;
+  /** [N, kBlocks] zero points (0..15), or undefined when every one is 8. */
+  zeroPoints?: Uint8Array;
+  n: number;
+  k: number;
+  kBlocks: number;
+}
+
+/**
+ * Blockwise 4-bit quantization along K of W as [N, K] (`weightAt(n, k)`), the MatMulNBits
+ * layout: symmetric blocks use zero point 8 and scale max|w| / 7 (codes 1..15, so that +max
+ * and −max are both exact); asymmetric blocks widen [min, max] to include 0 and use scale
+ * (max − min) / 15 with their own zero point. A block running past K is padded with codes equal
+ * to its zero point. Two codes per byte, the lower K index in the low nibble.
+ */
+export function quantizeWeightBlocks(
+  weightAt: (n: number, k: number) => number,
+  n: number,
+  k: number,
+  blockSize: number,
+  symmetric: boolean,
+): BlockQuantizedWeight {
+  const kBlocks = Math.ceil(k / blockSize);
+  const packed = new Uint8Array(n * kBlocks * (blockSize / 2));
+  const scales = new Float32Array(n * kBlocks);
+  const zeroPoints = symmetric ? undefined : new Uint8Array(n * kBlocks);
+  const block = new Float32Array(blockSize);
+  for (let row = 0; row < n; row++) {
+    for (let b = 0; b < kBlocks; b++) {
+      const start = b * blockSize;
+      const width = Math.min(blockSize, k - start);
+      for (let i = 0; i < width; i++) block[i] = weightAt(row, start + i);
+      const { scale, zeroPoint } = blockParams(block, width, symmetric);
+      const slot = row * kBlocks + b;
+      scales[slot] = scale;
+      if (zeroPoints) zeroPoints[slot] = zeroPoint;
+      const base = slot * (blockSize / 2);
+      for (let i = 0; i < blockSize; i++) {
+        const q = i < width ? clamp4(roundHalfEven(block[i]! / scale) + zeroPoint) : zeroPoint;
+        const at = base + (i >> 1);
+        packed[at] = packed[at]! | (i & 1 ? q << 4 : q);
+      }
+    }
+  }
+  return { packed, scales, ...(zeroPoints ? { zeroPoints } : {}), n, k, kBlocks };
+}
+
+function blockParams(block: Float32Array, width: number, symmetric: boolean) {
+  let lo = 0;
+  let hi = 0;
+  for (let i = 0; i < width; i++) {
+    lo = Math.min(lo, block[i]!);
+    hi = Math.max(hi, block[i]!);
+  }
+  if (symmetric) {
+    const bound = Math.max(-lo, hi);
+    return { scale: Math.fround(bound > 0 ? bound / 7 : 1), zeroPoint: 8 };
+  }
+  if (hi - lo <= 0) return { scale: 1, zeroPoint: 8 };
+  const scale = Math.fround((hi - lo) / 15);
+  return { scale, zeroPoint: clamp4(-roundHalfEven(lo / scale)) };
+}
+
+function clamp4(q: number): number {
+  return q < 0 ? 0 : q > 15 ? 15 : q;
+}
