@@ -1,0 +1,135 @@
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { makeNode } from '../../src/graph/attributes.js';
+import { valueInfo } from '../../src/graph/commands.js';
+import { create } from '@bufbuild/protobuf';
+import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema } from 'onnx-buf';
+import { serializeModel } from '../../src/onnx/model-io.js';
+import { floatTensor } from '../../src/onnx/tensor.js';
+import { imagenetCalib, vitMnist } from '../fixtures.js';
+import { errorLines, sha256, vitslim } from './helpers.js';
+
+const mnistCalib = 'assets/mnist-calib-256';
+
+/** A valid ONNX model that is not a ViT: one MatMul. */
+function perceptron(): Uint8Array {
+  const graph = create(GraphProtoSchema, {
+    name: 'mlp',
+    node: [makeNode({ name: 'mm', opType: 'MatMul', inputs: ['x', 'w'], outputs: ['y'] })],
+    initializer: [floatTensor('w', [4, 2], new Float32Array(8).fill(0.5))],
+    input: [valueInfo('x', 1, [1, 4])],
+    output: [valueInfo('y', 1, [1, 2])],
+  });
+  const model = create(ModelProtoSchema, {
+    irVersion: 8n,
+    opsetImport: [create(OperatorSetIdProtoSchema, { domain: '', version: 17n })],
+    graph,
+  });
+  return serializeModel(model);
+}
+
+async function workdir() {
+  return mkdtemp(join(tmpdir(), 'vitslim-cli-'));
+}
+
+describe('the CLI on bad input', () => {
+  it('names a truncated model file in one line, exits non-zero and writes nothing', async () => {
+    const dir = await workdir();
+    const model = join(dir, 'truncated.onnx');
+    await writeFile(model, (await readFile(vitMnist)).subarray(0, 4096));
+    const out = join(dir, 'out');
+    const run = await vitslim(['quantize', model, '--recipe', 'dynamic-int8', '-o', out]);
+    expect(run.code).not.toBe(0);
+    const lines = errorLines(run.stderr);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(model);
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it('refuses a graph that is not a ViT, saying what was not found', async () => {
+    const dir = await workdir();
+    const model = join(dir, 'mlp.onnx');
+    await writeFile(model, perceptron());
+    const run = await vitslim(['inspect', model]);
+    expect(run.code).toBe(3);
+    const lines = errorLines(run.stderr);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(model);
+    expect(lines[0]).toMatch(/patch|block|found/i);
+  });
+
+  it('names a missing calibration folder and an empty one, leaving no output', async () => {
+    const dir = await workdir();
+    const empty = join(dir, 'empty');
+    await mkdir(empty);
+    for (const calib of [join(dir, 'missing'), empty]) {
+      const out = join(dir, 'out');
+      const run = await vitslim([
+        'quantize',
+        vitMnist,
+        '--bits',
+        'w8a8',
+        '--calib',
+        calib,
+        '-o',
+        out,
+      ]);
+      expect(run.code).toBe(1);
+      const lines = errorLines(run.stderr);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toContain(calib);
+      expect(existsSync(out)).toBe(false);
+    }
+  });
+
+  it('skips a corrupt image with a warning, and fails on it with --strict', async () => {
+    const dir = await workdir();
+    const calib = join(dir, 'calib');
+    await mkdir(calib);
+    const names = (await readdir(imagenetCalib)).sort().slice(0, 3);
+    for (const name of names) await copyFile(join(imagenetCalib, name), join(calib, name));
+    const broken = join(calib, 'broken.JPEG');
+    await writeFile(broken, (await readFile(join(imagenetCalib, names[0]!))).subarray(0, 300));
+    const model = join(dir, 'model.onnx');
+    const fixture = join(imagenetCalib, '..', '..', 'models', 'vit_tiny_patch16_224');
+    await copyFile(join(fixture, 'model.opset17.onnx'), model);
+    await copyFile(join(fixture, 'config.json'), join(dir, 'config.json'));
+    const args = ['quantize', model, '--bits', 'w8a8', '--calib', calib, '--calib-count', '4'];
+    const lenient = await vitslim([...args, '-o', join(dir, 'lenient')]);
+    expect(lenient.code).toBe(0);
+    expect(lenient.stderr).toContain('broken.JPEG');
+    const strict = await vitslim([...args, '--strict', '-o', join(dir, 'strict')]);
+    expect(strict.code).toBe(1);
+    expect(errorLines(strict.stderr).join('\n')).toContain('broken.JPEG');
+    expect(existsSync(join(dir, 'strict'))).toBe(false);
+  });
+
+  it('refuses an existing output folder without --force and never modifies the input', async () => {
+    const dir = await workdir();
+    const before = await sha256(vitMnist);
+    const out = join(dir, 'out');
+    await mkdir(out);
+    await writeFile(join(out, 'keep.txt'), 'mine');
+    const args = ['quantize', vitMnist, '--bits', 'w4a4', '--calib', mnistCalib, '-o', out];
+    const refused = await vitslim(args);
+    expect(refused.code).toBe(1);
+    expect(errorLines(refused.stderr)[0]).toMatch(/--force/);
+    expect(await readFile(join(out, 'keep.txt'), 'utf8')).toBe('mine');
+    const forced = await vitslim([...args, '--force']);
+    expect(forced.code).toBe(0);
+    expect((await readdir(out)).sort()).toEqual(['model.onnx', 'report.json', 'report.md']);
+    expect(await sha256(vitMnist)).toBe(before);
+  });
+
+  it('reports bad option values with the option name and the allowed values', async () => {
+    const dir = await workdir();
+    const run = await vitslim(['quantize', vitMnist, '--bits', 'w9a4', '-o', join(dir, 'o')]);
+    expect(run.code).toBe(1);
+    expect(errorLines(run.stderr)[0]).toMatch(/bits.*WxAy/);
+    const both = await vitslim(['quantize', vitMnist, '-o', join(dir, 'o')]);
+    expect(errorLines(both.stderr)[0]).toMatch(/--recipe.*--bits/);
+  });
+});
