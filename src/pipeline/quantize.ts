@@ -52,6 +52,8 @@ export interface QuantizeReport {
   output: { bytes: number; sha256: string; parameters: number; macs: number };
   evaluation?: EvaluationReport;
   seconds: { quantize: number; evaluate?: number };
+  /** Peak resident memory of the process so far (it includes the evaluation when there is one). */
+  peakRssMb?: number;
   notes: string[];
 }
 
@@ -109,6 +111,7 @@ export async function quantizeModel(
     );
     report.seconds.evaluate = (performance.now() - t) / 1000;
   }
+  report.peakRssMb = Math.round(process.resourceUsage().maxRSS / 1024);
   return { model: product.model, bytes, report };
 }
 
