@@ -73,8 +73,10 @@ export interface BlockQuantizedWeight {
  * Blockwise 4-bit quantization along K of W as [N, K] (`weightAt(n, k)`), the MatMulNBits
  * layout: symmetric blocks use zero point 8 and scale max|w| / 7 (codes 1..15, so that +max
  * and −max are both exact); asymmetric blocks widen [min, max] to include 0 and use scale
- * (max − min) / 15 with their own zero point. A block running past K is padded with codes equal
- * to its zero point. Two codes per byte, the lower K index in the low nibble.
+ * (max − min) / 15 with their own zero point. With `search`, each block's range may be shrunk
+ * (clipping its extremes) where that lowers the block's squared error. A block running past K is
+ * padded with codes equal to its zero point. Two codes per byte, the lower K index in the low
+ * nibble.
  */
 export function quantizeWeightBlocks(
   weightAt: (n: number, k: number) => number,
@@ -82,6 +84,7 @@ export function quantizeWeightBlocks(
   k: number,
   blockSize: number,
   symmetric: boolean,
+  search = true,
 ): BlockQuantizedWeight {
   const kBlocks = Math.ceil(k / blockSize);
   const packed = new Uint8Array(n * kBlocks * (blockSize / 2));
@@ -93,7 +96,7 @@ export function quantizeWeightBlocks(
       const start = b * blockSize;
       const width = Math.min(blockSize, k - start);
       for (let i = 0; i < width; i++) block[i] = weightAt(row, start + i);
-      const { scale, zeroPoint } = blockParams(block, width, symmetric);
+      const { scale, zeroPoint } = blockParams(block, width, symmetric, search);
       const slot = row * kBlocks + b;
       scales[slot] = scale;
       if (zeroPoints) zeroPoints[slot] = zeroPoint;
@@ -108,13 +111,35 @@ export function quantizeWeightBlocks(
   return { packed, scales, ...(zeroPoints ? { zeroPoints } : {}), n, k, kBlocks };
 }
 
-function blockParams(block: Float32Array, width: number, symmetric: boolean) {
+/**
+ * Range shrink factors tried per block when searching: round-to-nearest on the full range wastes
+ * levels on a block's one or two extreme weights, and clipping them slightly often lowers the
+ * block's squared error (the usual MSE clipping of weight-only quantizers).
+ */
+const shrinkFactors = [1, 0.95, 0.9, 0.85, 0.8, 0.75];
+
+function blockParams(block: Float32Array, width: number, symmetric: boolean, search: boolean) {
   let lo = 0;
   let hi = 0;
   for (let i = 0; i < width; i++) {
     lo = Math.min(lo, block[i]!);
     hi = Math.max(hi, block[i]!);
   }
+  let best = gridParams(lo, hi, symmetric);
+  if (!search) return best;
+  let bestError = blockError(block, width, best);
+  // symmetric grids shrink both ends together; asymmetric ones may clip either end alone
+  for (const low of shrinkFactors) {
+    for (const high of symmetric ? [low] : shrinkFactors) {
+      const candidate = gridParams(lo * low, hi * high, symmetric);
+      const error = blockError(block, width, candidate);
+      if (error < bestError) [best, bestError] = [candidate, error];
+    }
+  }
+  return best;
+}
+
+function gridParams(lo: number, hi: number, symmetric: boolean) {
   if (symmetric) {
     const bound = Math.max(-lo, hi);
     return { scale: Math.fround(bound > 0 ? bound / 7 : 1), zeroPoint: 8 };
@@ -122,6 +147,17 @@ function blockParams(block: Float32Array, width: number, symmetric: boolean) {
   if (hi - lo <= 0) return { scale: 1, zeroPoint: 8 };
   const scale = Math.fround((hi - lo) / 15);
   return { scale, zeroPoint: clamp4(-roundHalfEven(lo / scale)) };
+}
+
+/** Σ (w − w̃)² over a block for a 4-bit grid. */
+function blockError(block: Float32Array, width: number, p: { scale: number; zeroPoint: number }) {
+  let error = 0;
+  for (let i = 0; i < width; i++) {
+    const q = clamp4(roundHalfEven(block[i]! / p.scale) + p.zeroPoint);
+    const d = block[i]! - (q - p.zeroPoint) * p.scale;
+    error += d * d;
+  }
+  return error;
 }
 
 function clamp4(q: number): number {

@@ -8,6 +8,7 @@ import { exportQdq, qdqCalibrationValues } from '../../../src/quant/deploy/qdq.j
 import {
   gemmLayer,
   gemmTransB,
+  bareMatMulLayer,
   matmulLayer,
   matmulWithBias,
   maxAbsDiff,
@@ -113,7 +114,8 @@ describe('exportQdq on one MatMul with bias', () => {
     const model = matmulWithBias(weight, bias, inputDims);
     expect(qdqCalibrationValues(model, fc, { policy: 'full-qdq' })).toEqual(['x', 'xw']);
     expect(qdqCalibrationValues(model, fc, { policy: 'static' })).toEqual(['x']);
-    expect(qdqCalibrationValues(model, fc)).toEqual([]);
+    // the fastest policy reads the input ranges to find layers with outlier inputs
+    expect(qdqCalibrationValues(model, fc)).toEqual(['x']);
   });
 
   it('refuses a quantized value without a calibrated range, naming the value', () => {
@@ -153,6 +155,25 @@ describe('exportQdq on other layouts', () => {
     expect(maxAbsDiff(await runModel(model, x2, [5, 4]), expected)).toBeLessThan(1e-5);
   });
 
+  it('the fastest policy keeps float a layer whose input range is 8× its kind’s median', () => {
+    const g = new TinyGraph();
+    const layers = ['a', 'b', 'c'].map((input, i) => {
+      g.op('Identity', ['x'], input);
+      g.floats(`W${i}`, [4, 3], weight.flat());
+      g.op('MatMul', [input, `W${i}`], `y${i}`);
+      return bareMatMulLayer(`blocks.${i}.mlp.fc2`, input, `W${i}`, `y${i}`);
+    });
+    g.op('Sum', ['y0', 'y1', 'y2'], 'y');
+    const widths = new Map([
+      ['a', { min: -1, max: 1 }],
+      ['b', { min: -1, max: 1.5 }],
+      ['c', { min: -1, max: 30 }], // 31 wide: 12.4× the median width 2.5
+    ]);
+    const { layers: rows } = exportQdq(g.model(inputDims), layers, widths);
+    expect(rows.map((r) => r.form)).toEqual(['dynamic', 'dynamic', 'float']);
+    expect(rows[2]!.reason).toMatch(/12\.4× the median of mlp\.fc2/);
+  });
+
   it('shares one Q/DQ pair between two layers reading the same value', () => {
     const g = new TinyGraph();
     g.floats('W1', [4, 3], weight.flat());
@@ -165,15 +186,7 @@ describe('exportQdq on other layouts', () => {
     g.op('MatMul', ['x', 'W2'], 'b');
     g.op('Add', ['a', 'b'], 'y');
     const both = new Map([...ranges, ['a', { min: -6, max: 6 }], ['b', { min: -6, max: 6 }]]);
-    const layers = ['a', 'b'].map((out, i) => ({
-      ...matmulLayer(4, 3, out),
-      node: `MatMul_${out}`,
-      output: out,
-      weight: `W${i + 1}`,
-      biasedOutput: out,
-      bias: undefined,
-      biasNode: undefined,
-    }));
+    const layers = ['a', 'b'].map((out, i) => bareMatMulLayer(out, 'x', `W${i + 1}`, out));
     const { model } = exportQdq(g.model(inputDims), layers, both, { policy: 'full-qdq' });
     const quantizers = model.graph!.node.filter((n) => n.opType === 'QuantizeLinear');
     expect(quantizers.filter((n) => n.input[0] === 'x')).toHaveLength(1);

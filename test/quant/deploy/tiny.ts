@@ -83,6 +83,31 @@ export function matmulLayer(inFeatures: number, outFeatures: number, role = 'fc'
   };
 }
 
+/** A MatMul without bias reading `input` and `weight` ([4, 3] unless told). */
+export function bareMatMulLayer(
+  role: string,
+  input: string,
+  weight: string,
+  output: string,
+  dims: [number, number] = [4, 3],
+): LinearLayer {
+  const [inFeatures, outFeatures] = dims;
+  const node = `MatMul_${output}`;
+  const layout = 'in-out' as const;
+  return {
+    role,
+    node,
+    opType: 'MatMul',
+    input,
+    output,
+    weight,
+    weightLayout: layout,
+    biasedOutput: output,
+    inFeatures,
+    outFeatures,
+  };
+}
+
 /** The layer of `gemmTransB`. */
 export function gemmLayer(inFeatures: number, outFeatures: number, role = 'head'): LinearLayer {
   return {
