@@ -20,9 +20,10 @@ function point(role: string, node = 'n', producer?: string): ActivationPoint {
 describe('quantPoints', () => {
   it('lists every linear input and both operands of both attention matmuls, in graph order', async () => {
     const { activations, weights } = await mnistPoints();
-    // the MNIST ViT: 6 blocks with a fused qkv, so 8 points a block, plus patch embed and head
-    expect(activations.length).toBe(2 + 6 * 8);
-    expect(weights.length).toBe(2 + 6 * 4);
+    // the MNIST ViT: 6 blocks with a fused qkv, so 8 points a block, plus the patch embedding
+    // and a two-layer head (a hidden pre-logits layer, then the classifier)
+    expect(activations.length).toBe(3 + 6 * 8);
+    expect(weights.length).toBe(3 + 6 * 4);
     expect(activations.slice(0, 10).map((p) => p.role)).toEqual([
       'patch_embed.input',
       'blocks.0.attn.qkv.input',
@@ -35,6 +36,7 @@ describe('quantPoints', () => {
       'blocks.0.mlp.fc2.input',
       'blocks.1.attn.qkv.input',
     ]);
+    expect(activations.at(-2)!.role).toBe('pre_logits.input');
     expect(activations.at(-1)!.role).toBe('head.input');
     expect(weights.map((w) => w.role).slice(0, 3)).toEqual([
       'patch_embed.weight',
@@ -97,8 +99,8 @@ describe('layer selectors', () => {
   it('keep selected points in float and name a selector that matches nothing', async () => {
     const points = await mnistPoints();
     const { points: left, kept } = excludePoints(points, ['head', 'blocks.*.attn.softmax']);
-    expect(left.activations.length).toBe(50 - 1 - 6);
-    expect(left.weights.length).toBe(26 - 1);
+    expect(left.activations.length).toBe(51 - 1 - 6);
+    expect(left.weights.length).toBe(27 - 1);
     expect(kept.find((k) => k.role === 'head.weight')).toEqual({
       role: 'head.weight',
       selector: 'head',

@@ -60,8 +60,8 @@ describe('simulated quantization of the MNIST ViT', () => {
     expect(reference).toBeGreaterThan(0.95);
     expect(Math.abs(top1 - reference)).toBeLessThanOrEqual(0.01);
     expect(model.graph!.node.length).toBe(before);
-    expect(report.activations.length).toBe(50);
-    expect(report.weights.length).toBe(26);
+    expect(report.activations.length).toBe(51);
+    expect(report.weights.length).toBe(27);
   });
 
   it('runs W4A4 min-max and reports a larger weight error than W8A8', async () => {
