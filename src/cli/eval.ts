@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { parseOptions, runOptionsSchema } from '../options.js';
 import { evaluate, preprocessFor, type EvaluationReport } from '../pipeline/evaluate.js';
-import { openModel } from '../pipeline/model.js';
+import { openAnyModel } from '../pipeline/model.js';
 import { evaluationMarkdown } from '../report/evaluation.js';
 import type { CliContext } from './main.js';
 import { addPreprocessFlags, addRunFlags, pick, preprocessOverrides } from './shared.js';
@@ -26,9 +26,10 @@ export function registerEval(program: Command, context: () => CliContext): void 
         'flags',
       );
       const latencyRuns = Number(flags.latencyRuns);
-      const candidate = await openModel(path);
-      const baseline = flags.baseline ? await openModel(String(flags.baseline)) : undefined;
-      const preprocess = await preprocessFor(path, preprocessOverrides(flags));
+      const candidate = await openAnyModel(path);
+      const baseline = flags.baseline ? await openAnyModel(String(flags.baseline)) : undefined;
+      const paths = flags.baseline ? [path, String(flags.baseline)] : [path];
+      const preprocess = await preprocessFor(paths, preprocessOverrides(flags));
       const report: EvaluationReport = await evaluate(
         {
           candidate,

@@ -2,6 +2,7 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import type { PreprocessConfig } from '../data/index.js';
 import { parseOptions, quantizeOptionsSchema, runOptionsSchema } from '../options.js';
 import { preprocessFor } from '../pipeline/evaluate.js';
 import { openModel } from '../pipeline/model.js';
@@ -33,7 +34,10 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     .command('quantize')
     .description('quantize a ViT: deployable (--recipe) or simulated (--bits WxAy)')
     .argument('<model>', 'ONNX model file (never modified)')
-    .requiredOption('-o, --out <dir>', 'output folder: model.onnx, report.json, report.md')
+    .requiredOption(
+      '-o, --out <dir>',
+      'output folder: model.onnx, config.json, report.json, report.md',
+    )
     .option('--recipe <name>', 'deployable recipe: w8a8 | dynamic-int8 | int4-weights')
     .option('--bits <WxAy>', 'simulated (fake-quant) bit widths, e.g. w4a4, w6a6, w8a8')
     .option('--observer <kind>', 'activation ranges: minmax | percentile | mse | omse')
@@ -71,7 +75,7 @@ export function registerQuantize(program: Command, context: () => CliContext): v
         'flags',
       );
       const source = await openModel(path);
-      const preprocess = await preprocessFor(path, preprocessOverrides(flags));
+      const preprocess = await preprocessFor([path], preprocessOverrides(flags));
       const { bytes, report } = await quantizeModel(
         { source, options, run, preprocess, latencyRuns: Number(flags.latencyRuns) },
         ctx,
@@ -92,12 +96,27 @@ export function registerQuantize(program: Command, context: () => CliContext): v
           { name: 'model.onnx', contents: bytes },
           { name: 'report.json', contents: quantizeReportJson(report, reportContext) },
           { name: 'report.md', contents: quantizeReportMarkdown(report, reportContext) },
+          // the preprocessing travels with the model, so `vitslim eval OUT/model.onnx` needs no flags
+          { name: 'config.json', contents: modelConfig(preprocess) },
         ],
         flags.force === true,
       );
       ctx.print(summaryLine(out, report));
     },
   );
+}
+
+/** A timm-style config.json describing the preprocessing the model expects. */
+function modelConfig(p: PreprocessConfig): string {
+  const config = {
+    input_size: [p.channels, p.height, p.width],
+    mean: p.mean,
+    std: p.std,
+    interpolation: p.interpolation,
+    // timm reads resize = floor(crop / crop_pct); the half pixel keeps that floor exact
+    ...(p.resize && p.crop ? { crop_pct: p.crop / (p.resize + 0.5) } : {}),
+  };
+  return `${JSON.stringify(config, null, 2)}\n`;
 }
 
 function summaryLine(out: string, report: Awaited<ReturnType<typeof quantizeModel>>['report']) {

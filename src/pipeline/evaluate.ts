@@ -2,6 +2,8 @@
  * Evaluation of a model on labelled images: accuracy, agreement with a baseline, latency
  * measured side by side with the baseline, throughput, file size, parameters and MACs.
  */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type { ModelProto } from 'onnx-buf';
 import { openDataset, resolvePreprocess, type PreprocessConfig } from '../data/index.js';
 import { evaluateAccuracy, type AccuracyResult } from '../eval/accuracy.js';
@@ -11,8 +13,8 @@ import type { ViTStructure } from '../vit/types.js';
 
 export interface EvaluateInput {
   /** The model under test, with its path (for size) or its serialised size. */
-  candidate: { model: ModelProto | Uint8Array; structure: ViTStructure; fileBytes: number };
-  baseline?: { model: ModelProto | Uint8Array; structure: ViTStructure; fileBytes: number };
+  candidate: EvaluatedModel;
+  baseline?: EvaluatedModel;
   /** Dataset folder. */
   data: string;
   preprocess: PreprocessConfig;
@@ -25,10 +27,21 @@ export interface EvaluateInput {
   latency?: { runs: number; batchSizes: number[] } | false;
 }
 
+/**
+ * A model to evaluate. `structure` is absent for a graph vitslim does not recognise as a ViT
+ * (an exported quantized model, any other classifier): it is still evaluated, without counts.
+ */
+export interface EvaluatedModel {
+  model: ModelProto | Uint8Array;
+  structure?: ViTStructure;
+  fileBytes: number;
+}
+
 export interface ModelFacts {
   fileBytes: number;
-  parameters: number;
-  macs: number;
+  /** Parameters and MACs of the recognised structure; null when the graph was not recognised. */
+  parameters: number | null;
+  macs: number | null;
 }
 
 export interface EvaluationReport {
@@ -43,11 +56,11 @@ export interface EvaluationReport {
   baseline?: ModelFacts;
 }
 
-function facts(m: EvaluateInput['candidate']): ModelFacts {
+function facts(m: EvaluatedModel): ModelFacts {
   return {
     fileBytes: m.fileBytes,
-    parameters: m.structure.counts.parameters,
-    macs: m.structure.counts.macs,
+    parameters: m.structure?.counts.parameters ?? null,
+    macs: m.structure?.counts.macs ?? null,
   };
 }
 
@@ -99,9 +112,14 @@ export async function evaluate(
   return report;
 }
 
+/**
+ * The preprocessing of the first of `modelPaths` that has a config.json beside it (a compressed
+ * model is usually evaluated with its original's preprocessing), with `overrides` on top.
+ */
 export async function preprocessFor(
-  modelPath: string,
+  modelPaths: readonly string[],
   overrides: Partial<PreprocessConfig>,
 ): Promise<PreprocessConfig> {
-  return resolvePreprocess(modelPath, overrides);
+  const withConfig = modelPaths.find((p) => existsSync(join(dirname(p), 'config.json')));
+  return resolvePreprocess(withConfig ?? modelPaths[0]!, overrides);
 }

@@ -26,3 +26,22 @@ export async function openModel(path: string): Promise<LoadedModel> {
   }
   return { path, model, structure, fileBytes: (await stat(path)).size };
 }
+
+/**
+ * A model to evaluate: recognised as a ViT when possible, else loaded as it is (an exported
+ * quantized graph is no longer a ViT of plain MatMuls, but it is still a classifier to measure).
+ */
+export async function openAnyModel(path: string): Promise<
+  Omit<LoadedModel, 'structure'> & {
+    structure?: ViTStructure;
+  }
+> {
+  const model = await loadModel(path);
+  const fileBytes = (await stat(path)).size;
+  try {
+    return { path, model, structure: recognizeViT(model), fileBytes };
+  } catch (error) {
+    if (error instanceof UnsupportedModelError) return { path, model, fileBytes };
+    throw error;
+  }
+}
