@@ -96,7 +96,7 @@ export function registerQuantize(program: Command, context: () => CliContext): v
           { name: 'model.onnx', contents: bytes },
           { name: 'report.json', contents: quantizeReportJson(report, reportContext) },
           { name: 'report.md', contents: quantizeReportMarkdown(report, reportContext) },
-          // the preprocessing travels with the model, so `vitslim eval OUT/model.onnx` needs no flags
+          // the preprocessing travels with the model: `vitslim eval OUT/model.onnx` needs no flags
           { name: 'config.json', contents: modelConfig(preprocess) },
         ],
         flags.force === true,
