@@ -16,8 +16,8 @@ import { buildModel, runModel } from './tiny-graph.js';
 const sqrt2In4Bits: LogQuantizer = { base: 'log-sqrt2', bits: 4, scale: 1 };
 const log2In3Bits: LogQuantizer = { base: 'log2', bits: 3, scale: 1 };
 
-/** The float32 next to `x` (direction +1 or −1), through its bit pattern. */
-function float32Step(x: number, direction: 1 | -1): number {
+/** The float32 `direction` steps from positive `x`, through its bit pattern. */
+function float32Step(x: number, direction: number): number {
   const view = new DataView(new ArrayBuffer(4));
   view.setFloat32(0, x);
   view.setUint32(0, view.getUint32(0) + direction);
