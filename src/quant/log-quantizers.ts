@@ -23,7 +23,8 @@
  * the boundaries T_k = 2^(−(k+½)/m) themselves: code > k exactly when r < T_k. For a float32 r,
  * `r < T_k` is the same test as `r < c_k` with c_k the smallest float32 ≥ T_k, so the boundary
  * table is float32 and the comparison is exact in either implementation. The result is the
- * correctly rounded code, identical bit for bit in onnxruntime and here.
+ * correctly rounded code, identical bit for bit in onnxruntime and here. (In JavaScript, the
+ * same exact comparisons are made on the float32 bits of r, which needs no logarithm at all.)
  */
 import { makeNode } from '../graph/attributes.js';
 import type { Command } from '../graph/commands.js';
@@ -90,6 +91,64 @@ export function logLevels(q: LogQuantizer): Float32Array {
   return out;
 }
 
+/** What the code computation needs, precomputed once per quantizer. */
+interface CodeTables {
+  m: number;
+  /** 2^b: the number of codes, and the code of a value below the grid. */
+  n: number;
+  scale: number;
+  boundaries: Float32Array;
+  /** Mantissa bits of the smallest float32 ≥ 2^((j + ½)/m), j < m: the boundaries in an octave. */
+  octave: Uint32Array;
+}
+
+function codeTables(q: LogQuantizer): CodeTables {
+  const boundaries = logBoundaries(q);
+  const m = stepsPerOctave(q.base);
+  const bits = new Uint32Array(
+    new Float32Array(m).map((_, j) => float32AtOrAbove(2 ** ((j + 0.5) / m))).buffer,
+  );
+  const octave = bits.map((b) => b & 0x7fffff);
+  return { m, n: boundaries.length, scale: Math.fround(q.scale), boundaries, octave };
+}
+
+/**
+ * The code of a positive normal float32 r from its bits: with r = 2^e · μ, μ ∈ [1, 2),
+ * −m·log2(r) = −m·e − m·log2(μ), and m·log2(μ) rounds to j, the number of octave boundaries
+ * 2^((j + ½)/m) that μ reaches. Comparing μ's mantissa bits with the boundaries' is the exact
+ * test r ≥ c of the boundary table, so this is the correctly rounded code without a logarithm.
+ * Zero, negative, subnormal, infinite and NaN ratios take the general path.
+ */
+function codeOf(r: number, bits: number, t: CodeTables): number {
+  const exponent = bits >>> 23;
+  if (exponent === 0 || exponent >= 255) return generalCode(r, t);
+  const mantissa = bits & 0x7fffff;
+  let j = 0;
+  while (j < t.m && mantissa >= t.octave[j]!) j++;
+  const raw = -t.m * (exponent - 127) - j;
+  return raw < 0 ? 0 : raw >= t.n ? t.n : raw;
+}
+
+/** The code by a logarithm guess settled with the boundary table (see the file comment). */
+function generalCode(r: number, t: CodeTables): number {
+  if (!(r > 0)) return t.n;
+  const raw = Math.round(-t.m * Math.log2(r));
+  const guess = raw < 0 ? 0 : raw > t.n - 1 ? t.n - 1 : raw;
+  const up = r < t.boundaries[guess]! ? 1 : 0;
+  const down = guess > 0 && r >= t.boundaries[guess - 1]! ? 1 : 0;
+  return guess + up - down;
+}
+
+const chunk = 4096;
+
+/** Writes the codes of x[from, from + codes.length) into `codes`, r = x / s in float32. */
+function chunkCodes(x: Float32Array, from: number, t: CodeTables, codes: Uint16Array) {
+  const ratios = new Float32Array(codes.length);
+  const bits = new Uint32Array(ratios.buffer);
+  for (let k = 0; k < codes.length; k++) ratios[k] = x[from + k]! / t.scale;
+  for (let k = 0; k < codes.length; k++) codes[k] = codeOf(ratios[k]!, bits[k]!, t);
+}
+
 /**
  * The code of every value: 0 … 2^b − 1, or 2^b for a value that dequantizes to 0 (x ≤ 0, NaN,
  * or below the smallest level by more than half a step). r = x / s is taken in float32, as the
@@ -100,23 +159,10 @@ export function logLevels(q: LogQuantizer): Float32Array {
  * x = 0.004 → 15.93 → 16 ≥ 2^4, so 0 (code 16); x = 0 → code 16.
  */
 export function logQuantize(x: Float32Array, q: LogQuantizer): Uint16Array {
-  const boundaries = logBoundaries(q);
-  const levels = boundaries.length;
-  const m = stepsPerOctave(q.base);
-  const scale = Math.fround(q.scale);
+  const t = codeTables(q);
   const out = new Uint16Array(x.length);
-  for (let i = 0; i < x.length; i++) {
-    const r = Math.fround(x[i]! / scale);
-    if (!(r > 0)) {
-      out[i] = levels;
-      continue;
-    }
-    // the guess is within one code of the exact one; the boundary tests settle it
-    const raw = Math.round(-m * Math.log2(r));
-    const guess = raw < 0 ? 0 : raw > levels - 1 ? levels - 1 : raw;
-    const up = r < boundaries[guess]! ? 1 : 0;
-    const down = guess > 0 && r >= boundaries[guess - 1]! ? 1 : 0;
-    out[i] = guess + up - down;
+  for (let from = 0; from < x.length; from += chunk) {
+    chunkCodes(x, from, t, out.subarray(from, Math.min(x.length, from + chunk)));
   }
   return out;
 }
@@ -147,25 +193,17 @@ export function logFakeQuantize(x: Float32Array, q: LogQuantizer): Float32Array 
  * evaluates several candidates on millions of attention weights).
  */
 export function logSquaredError(values: Float32Array, q: LogQuantizer): number {
-  const boundaries = logBoundaries(q);
+  const t = codeTables(q);
   const levels = logLevels(q);
-  const n = boundaries.length;
-  const m = stepsPerOctave(q.base);
-  const scale = Math.fround(q.scale);
+  const codes = new Uint16Array(chunk);
   let error = 0;
-  for (let i = 0; i < values.length; i++) {
-    const x = values[i]!;
-    const r = Math.fround(x / scale);
-    let code = n;
-    if (r > 0) {
-      const raw = Math.round(-m * Math.log2(r));
-      const guess = raw < 0 ? 0 : raw > n - 1 ? n - 1 : raw;
-      const up = r < boundaries[guess]! ? 1 : 0;
-      const down = guess > 0 && r >= boundaries[guess - 1]! ? 1 : 0;
-      code = guess + up - down;
+  for (let from = 0; from < values.length; from += chunk) {
+    const part = codes.subarray(0, Math.min(chunk, values.length - from));
+    chunkCodes(values, from, t, part);
+    for (let k = 0; k < part.length; k++) {
+      const d = values[from + k]! - levels[part[k]!]!;
+      error += d * d;
     }
-    const d = x - levels[code]!;
-    error += d * d;
   }
   return error;
 }

@@ -162,6 +162,16 @@ describe('log-domain fake-quant subgraph in onnxruntime', () => {
     }
   });
 
+  it('equals the pure function on subnormal, huge and infinite values', async () => {
+    const x = Float32Array.of(1e-39, 3.4e-39, 5e-39, 1e-45, 1e-38, 3e38, Infinity, 0.7);
+    for (const q of [
+      { base: 'log-sqrt2', bits: 8, scale: 1 },
+      { base: 'log2', bits: 8, scale: 2 ** -20 },
+    ] as const) {
+      expect(Array.from(await onnxLogFakeQuant(x, q))).toEqual(Array.from(logFakeQuantize(x, q)));
+    }
+  });
+
   it('keeps the shape of a [batch, heads, tokens, tokens] tensor and maps negatives to 0', async () => {
     const dims = [2, 3, 4, 5];
     const x = attentionLike(120, 11);
