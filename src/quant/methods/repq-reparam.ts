@@ -21,7 +21,7 @@ import type { Command } from '../../graph/commands.js';
 import type { GraphIndex } from '../../graph/graph.js';
 import { makeNode } from '../../graph/attributes.js';
 import { floatTensor, readFloat32, tensorDims } from '../../onnx/tensor.js';
-import type { LinearLayer, NormLayer } from '../../vit/types.js';
+import type { BlockMap, LinearLayer, NormLayer, ViTStructure } from '../../vit/types.js';
 import {
   outputChannelAxis,
   readWeight,
@@ -30,6 +30,7 @@ import {
 } from '../quantizer-commands.js';
 import type { UniformParams } from '../uniform.js';
 import { roundHalfEven } from '../uniform.js';
+import type { RepQNormReport } from './repq-types.js';
 
 /** A LayerNorm and the linear layers reading its output. */
 export interface NormFold {
@@ -45,6 +46,41 @@ export interface Reparameterisation {
   ratio: Float64Array;
   /** δ_c = Δ̃·(z̃ − z_c). */
   offset: Float64Array;
+}
+
+/**
+ * The LayerNorms to fold whose output is quantized (norm1 into qkv or q, k and v; norm2 into
+ * fc1), by output value, and a report line for each, saying why where one cannot be folded.
+ */
+export function planFolds(
+  index: GraphIndex,
+  structure: ViTStructure,
+  quantized: ReadonlySet<string>,
+): { folds: Map<string, NormFold>; norms: RepQNormReport[] } {
+  const folds = new Map<string, NormFold>();
+  const norms: RepQNormReport[] = [];
+  for (const fold of structure.blocks.flatMap(blockFolds)) {
+    if (!quantized.has(fold.norm.output)) continue;
+    const reason = foldProblem(index, fold);
+    const targets = fold.targets.map((t) => t.role);
+    norms.push({
+      role: fold.norm.role,
+      targets,
+      reparameterised: !reason,
+      ...(reason ? { reason } : {}),
+    });
+    if (!reason) folds.set(fold.norm.output, fold);
+  }
+  return { folds, norms };
+}
+
+function blockFolds(block: BlockMap): NormFold[] {
+  const attn = block.attention;
+  const readers = attn.qkv ? [attn.qkv] : [attn.q, attn.k, attn.v];
+  return [
+    { norm: block.norm1, targets: readers.filter((l): l is LinearLayer => l !== undefined) },
+    { norm: block.norm2, targets: [block.mlp.fc1] },
+  ];
 }
 
 /** Ops that read only a tensor's shape, which the reparameterisation leaves as it is. */

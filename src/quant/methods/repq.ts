@@ -20,27 +20,24 @@
  * `insertRepQQuantizers` writes them as a simulated (fake-quant) model; `quantizeRepQ` does both.
  */
 import type { ModelProto } from 'onnx-buf';
-import { z } from 'zod';
-import { InputError, UnsupportedModelError } from '../../errors.js';
-import { applyCommands } from '../../graph/commands.js';
+import { InputError, InternalError, UnsupportedModelError } from '../../errors.js';
+import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
-import { noProgress, silentLogger, type Reporting } from '../../log.js';
+import { noProgress, silentLogger } from '../../log.js';
 import { opsetVersion } from '../../onnx/model-io.js';
 import type { CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import { recognizeViT } from '../../vit/index.js';
-import type { BlockMap, LinearLayer, ViTStructure } from '../../vit/types.js';
+import type { ViTStructure } from '../../vit/types.js';
 import {
   percentileMseAffine,
   percentileMseAffineChannels,
   percentileMseLog,
-  repqPercentiles,
 } from '../percentile-mse.js';
 import {
   excludePoints,
   quantPoints,
   type ActivationPoint,
-  type KeptPoint,
   type WeightPoint,
 } from '../quant-points.js';
 import {
@@ -51,104 +48,29 @@ import {
   weightCommands,
   type ActivationQuantizer,
   type ActivationSetting,
-  type QuantizerSettings,
   type WeightSetting,
 } from '../quantizer-commands.js';
 import { calibrateSequentially, type CapturedTensor, type PointGroup } from '../sequential.js';
-import { foldCommands, foldProblem, reparameterisation, type NormFold } from './repq-reparam.js';
+import { foldCommands, planFolds, reparameterisation, type NormFold } from './repq-reparam.js';
+import {
+  repqOptionsSchema,
+  type RepQActivationReport,
+  type RepQCalibration,
+  type RepQNormReport,
+  type RepQOptions,
+  type RepQResult,
+  type RepQSettings,
+} from './repq-types.js';
 
-const bits = z.number().int().min(2).max(8);
+export * from './repq-types.js';
 
-export const repqOptionsSchema = z.strictObject({
-  weightBits: bits,
-  activationBits: bits,
-  /** Bits of the image entering the patch embedding (RepQ: 8, whatever the activation bits). */
-  patchEmbedBits: bits.default(8),
-  /** Candidate percentiles of every quantizer's initialisation. */
-  percentiles: z
-    .array(z.number().gt(0.5).lt(1))
-    .min(1)
-    .default([...repqPercentiles]),
-  /** Quantizer of the softmax output: log√2 (RepQ), log2, or the uniform grid of the others. */
-  softmax: z.enum(['log-sqrt2', 'log2', 'uniform']).default('log-sqrt2'),
-  /**
-   * Zero point of a reparameterised LayerNorm output: the mean of the channels' (RepQ's code) or
-   * that mean rounded, which makes the per-tensor grid exactly the per-channel one.
-   */
-  zeroPoint: z.enum(['mean', 'rounded']).default('mean'),
-  /** Selectors of points kept in float (see quant-points.ts). */
-  keepFloat: z.array(z.string()).default([]),
-});
-
-export type RepQOptions = z.input<typeof repqOptionsSchema> & Reporting & SessionOptions;
-type Settings = z.output<typeof repqOptionsSchema>;
-
-export interface RepQActivationReport {
-  roles: string[];
-  value: string;
-  kind: 'affine' | 'log';
-  bits: number;
-  scale: number;
-  zeroPoint?: number;
-  /** The percentile the search chose. */
-  percentile: number;
-  /** Set for a LayerNorm output calibrated per channel: its channels and step spread. */
-  channels?: { count: number; scaleMin: number; scaleMax: number };
-}
-
-export interface RepQNormReport {
-  role: string;
-  /** Roles of the linear layers reading the norm. */
-  targets: string[];
-  reparameterised: boolean;
-  /** Why the norm was not reparameterised (its output is then quantized per tensor). */
-  reason?: string;
-  /** min and max of r = Δ_c / Δ̃. */
-  ratio?: { min: number; max: number };
-}
-
-export interface RepQWeightReport {
-  role: string;
-  bits: number;
-  channels: number;
-  /** Σ(w − ŵ)² / Σw². */
-  relativeMse: number;
-}
-
-export interface RepQReport {
-  method: 'repq-vit';
-  weightBits: number;
-  activationBits: number;
-  patchEmbedBits: number;
-  softmax: Settings['softmax'];
-  zeroPoint: Settings['zeroPoint'];
-  percentiles: number[];
-  calibration: { images: number; passes: number; seconds: number };
-  activations: RepQActivationReport[];
-  norms: RepQNormReport[];
-  keptFloat: KeptPoint[];
-}
-
-export interface RepQCalibration {
-  /** The reparameterised float model: LayerNorm γ/β and the next layers' weights rewritten. */
-  model: ModelProto;
-  /** Its structure map. */
-  structure: ViTStructure;
-  quantizers: QuantizerSettings;
-  report: RepQReport;
-}
-
-export interface RepQResult {
-  /** The simulated (fake-quant) model. */
-  model: ModelProto;
-  report: RepQReport & { weights: RepQWeightReport[] };
-}
+type Batches = AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>;
 
 /** RepQ-ViT end to end: calibration, reparameterisation, fake-quant model. */
 export async function quantizeRepQ(
   model: ModelProto,
   structure: ViTStructure,
-  batches: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>,
+  batches: Batches,
   options: RepQOptions,
 ): Promise<RepQResult> {
   return insertRepQQuantizers(await calibrateRepQ(model, structure, batches, options));
@@ -156,12 +78,13 @@ export async function quantizeRepQ(
 
 /**
  * Calibrates RepQ-ViT's quantizers on `batches` and reparameterises the post-LayerNorm ones.
- * The input model is not modified.
+ * The calibration images are held in memory (32 is what the method uses). The input model is
+ * not modified.
  */
 export async function calibrateRepQ(
   model: ModelProto,
   structure: ViTStructure,
-  batches: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>,
+  batches: Batches,
   options: RepQOptions,
 ): Promise<RepQCalibration> {
   const {
@@ -178,68 +101,47 @@ export async function calibrateRepQ(
   const index = new GraphIndex(model);
   const { points, kept } = excludePoints(quantPoints(structure), settings.keepFloat);
   const groups = groupPoints(points.activations);
-  const { folds, norms } = planFolds(index, structure, groups);
+  const { folds, norms } = planFolds(index, structure, new Set(groups.map((g) => g.value)));
 
-  // pass 1: weights from the original values, activations sequentially in graph order
-  const firstWeights = points.weights.map((p) => weightSetting(index, p, settings));
-  const weighted = insertQuantizers(
-    model,
-    { activations: [], weights: firstWeights },
-    'RepQ-ViT weights',
-  );
-  const percentiles = new Map<string, number>();
+  // pass 1: weights from their original values, then activations sequentially in graph order
+  const weights = points.weights.map((p) => weightSetting(index, p, settings));
+  const weighted = insertQuantizers(model, { activations: [], weights }, 'RepQ-ViT weights');
+  const chosen = new Map<string, number>();
   const choose = (group: PointGroup, tensor: CapturedTensor) =>
-    chooseQuantizer(group, tensor, settings, folds.has(group.value), percentiles);
-  const boundaries = [structure.input, ...structure.blocks.map((b) => b.input)];
-  boundaries.push(structure.blocks[structure.blocks.length - 1]!.output);
-  const sequential = await calibrateSequentially(weighted, boundaries, groups, images, choose, {
-    onProgress,
-    stage: 'RepQ-ViT calibration',
-    optimization: optimization ?? 'basic',
-    ...(threads ? { threads } : {}),
-  });
+    chooseQuantizer(group, tensor, settings, folds.has(group.value), chosen);
+  const sequential = await calibrateSequentially(
+    weighted,
+    [structure.input, ...structure.blocks.map((b) => b.input), structure.blocks.at(-1)!.output],
+    groups,
+    images,
+    choose,
+    { onProgress, stage: 'RepQ-ViT calibration', ...sessionOptions(threads, optimization) },
+  );
 
-  // scale reparameterisation, then the weights of the rewritten layers quantized again
-  const names = new NamePrefixes(index);
-  const reparameterised = sequential.settings.map((s) =>
-    reparameterise(s, folds.get(s.value), settings, index, names, norms),
-  );
-  const folded = applyCommands(
-    model,
-    reparameterised.flatMap((r) => r.commands),
-    {
-      context: 'RepQ-ViT scale reparameterisation',
-    },
-  );
-  const foldedStructure = recognizeViT(folded);
-  const foldedIndex = new GraphIndex(folded);
-  const weights = excludePoints(quantPoints(foldedStructure), settings.keepFloat).points.weights;
-  const activations = reparameterised.map((r) => r.setting);
+  // reparameterisation, then the weights quantized again from the rewritten model
+  const second = reparameterise(model, index, sequential.settings, folds, norms, settings);
   const seconds = (performance.now() - started) / 1000;
+  const count = images.reduce((n, b) => n + (b.dims[0] ?? 0), 0);
   logger.info(
-    `RepQ-ViT W${settings.weightBits}A${settings.activationBits}: calibrated ${activations.length} activation quantizers in ${sequential.passes} passes over ${countImages(images)} images, ${norms.filter((n) => n.reparameterised).length} norms reparameterised, ${seconds.toFixed(1)} s`,
+    `RepQ-ViT W${settings.weightBits}A${settings.activationBits}: ${second.activations.length} activation quantizers calibrated in ${sequential.passes} passes over ${count} images, ${norms.filter((n) => n.reparameterised).length} norms reparameterised, ${seconds.toFixed(1)} s`,
   );
-  const report: RepQReport = {
-    method: 'repq-vit',
-    weightBits: settings.weightBits,
-    activationBits: settings.activationBits,
-    patchEmbedBits: settings.patchEmbedBits,
-    softmax: settings.softmax,
-    zeroPoint: settings.zeroPoint,
-    percentiles: settings.percentiles,
-    calibration: { images: countImages(images), passes: sequential.passes, seconds },
-    activations: reparameterised.map((r) => activationReport(r.setting, r.channels, percentiles)),
-    norms,
-    keptFloat: kept,
-  };
   return {
-    model: folded,
-    structure: foldedStructure,
-    quantizers: {
-      activations,
-      weights: weights.map((p) => weightSetting(foldedIndex, p, settings)),
+    model: second.model,
+    structure: second.structure,
+    quantizers: { activations: second.activations, weights: second.weights },
+    report: {
+      method: 'repq-vit',
+      weightBits: settings.weightBits,
+      activationBits: settings.activationBits,
+      patchEmbedBits: settings.patchEmbedBits,
+      softmax: settings.softmax,
+      zeroPoint: settings.zeroPoint,
+      percentiles: settings.percentiles,
+      calibration: { images: count, passes: sequential.passes, seconds },
+      activations: second.activations.map((s) => activationReport(s, second.channels, chosen)),
+      norms,
+      keptFloat: kept,
     },
-    report,
   };
 }
 
@@ -252,17 +154,13 @@ export function insertRepQQuantizers(calibration: RepQCalibration): RepQResult {
   const names = new NamePrefixes(index);
   const weights = quantizers.weights.map((s) => {
     const { original, quantized } = weightCommands(index, names, s);
-    return {
-      role: s.role,
-      bits: s.bits,
-      channels: s.params.length,
-      relativeMse: relativeError(original, quantized),
-    };
+    const relativeMse = relativeError(original, quantized);
+    return { role: s.role, bits: s.bits, channels: s.params.length, relativeMse };
   });
   return { model, report: { ...report, weights } };
 }
 
-function parseSettings(value: unknown): Settings {
+function parseSettings(value: unknown): RepQSettings {
   const result = repqOptionsSchema.safeParse(value);
   if (result.success) return result.data;
   const problems = result.error.issues.map(
@@ -280,15 +178,19 @@ function checkOpset(model: ModelProto): void {
   }
 }
 
+/**
+ * Calibration sessions at 'basic' unless asked otherwise: from 'extended' on, onnxruntime folds
+ * a chain's final Mul into the next MatMul, which rounds differently from the ops as written.
+ */
+function sessionOptions(threads?: number, optimization?: SessionOptions['optimization']) {
+  return { optimization: optimization ?? 'basic', ...(threads ? { threads } : {}) } as const;
+}
+
 /** The calibration batches copied out (datasets reuse their buffers between batches). */
-async function holdImages(batches: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>) {
+async function holdImages(batches: Batches): Promise<CaptureBatch[]> {
   const held: CaptureBatch[] = [];
   for await (const b of batches) held.push({ data: b.data.slice(), dims: [...b.dims] });
   return held;
-}
-
-function countImages(images: readonly CaptureBatch[]): number {
-  return images.reduce((n, b) => n + (b.dims[0] ?? 0), 0);
 }
 
 /** Activation points grouped by the value they quantize, in graph order. */
@@ -305,78 +207,38 @@ function groupPoints(points: readonly ActivationPoint[]): PointGroup[] {
   return [...groups.values()];
 }
 
-/** The LayerNorms to fold (norm1 into qkv or q/k/v, norm2 into fc1) whose output is quantized. */
-function planFolds(index: GraphIndex, structure: ViTStructure, groups: readonly PointGroup[]) {
-  const quantized = new Set(groups.map((g) => g.value));
-  const folds = new Map<string, NormFold>();
-  const norms: RepQNormReport[] = [];
-  for (const block of structure.blocks) {
-    for (const fold of blockFolds(block)) {
-      if (!quantized.has(fold.norm.output)) continue;
-      const reason = foldProblem(index, fold);
-      const targets = fold.targets.map((t) => t.role);
-      norms.push({
-        role: fold.norm.role,
-        targets,
-        reparameterised: !reason,
-        ...(reason ? { reason } : {}),
-      });
-      if (!reason) folds.set(fold.norm.output, fold);
-    }
-  }
-  return { folds, norms };
-}
-
-function blockFolds(block: BlockMap): NormFold[] {
-  const attn = block.attention;
-  const readers = attn.qkv ? [attn.qkv] : [attn.q, attn.k, attn.v].filter((l) => l !== undefined);
-  return [
-    { norm: block.norm1, targets: readers as LinearLayer[] },
-    { norm: block.norm2, targets: [block.mlp.fc1] },
-  ];
-}
-
 /** Asymmetric per-output-channel weight grids by the percentile-MSE search. */
-function weightSetting(index: GraphIndex, point: WeightPoint, settings: Settings): WeightSetting {
+function weightSetting(index: GraphIndex, point: WeightPoint, s: RepQSettings): WeightSetting {
   const { values, dims } = readWeight(index, point.role, point.layer);
   const axis = outputChannelAxis(point.layer);
-  const choices = percentileMseAffineChannels(
-    values,
-    dims,
-    axis,
-    settings.weightBits,
-    settings.percentiles,
-  );
-  return {
-    role: point.role,
-    layer: point.layer,
-    bits: settings.weightBits,
-    params: choices.map((c) => c.params),
-  };
+  const bits = s.weightBits;
+  const choices = percentileMseAffineChannels(values, dims, axis, bits, s.percentiles);
+  return { role: point.role, layer: point.layer, bits, params: choices.map((c) => c.params) };
 }
 
+/** A group's quantizer from its tensor; records the percentile chosen, for the report. */
 function chooseQuantizer(
   group: PointGroup,
   tensor: CapturedTensor,
-  settings: Settings,
+  settings: RepQSettings,
   perChannel: boolean,
-  percentiles: Map<string, number>,
+  chosen: Map<string, number>,
 ): ActivationQuantizer {
-  const { activationBits: a, percentiles: candidates } = settings;
+  const { activationBits: a, percentiles } = settings;
   if (perChannel) {
-    const choices = percentileMseAffineChannels(tensor.data, tensor.dims, -1, a, candidates);
-    percentiles.set(group.value, median(choices.map((c) => c.percentile)));
+    const choices = percentileMseAffineChannels(tensor.data, tensor.dims, -1, a, percentiles);
+    chosen.set(group.value, median(choices.map((c) => c.percentile)));
     return { kind: 'affine-channel', bits: a, params: choices.map((c) => c.params) };
   }
   const softmax = group.roles.some((r) => r.endsWith('.attn.softmax'));
   if (softmax && settings.softmax !== 'uniform') {
-    const choice = percentileMseLog(tensor.data, a, settings.softmax, candidates);
-    percentiles.set(group.value, choice.percentile);
+    const choice = percentileMseLog(tensor.data, a, settings.softmax, percentiles);
+    chosen.set(group.value, choice.percentile);
     return { kind: 'log', quantizer: choice.quantizer };
   }
   const b = group.roles.includes('patch_embed.input') ? settings.patchEmbedBits : a;
-  const choice = percentileMseAffine(tensor.data, b, candidates);
-  percentiles.set(group.value, choice.percentile);
+  const choice = percentileMseAffine(tensor.data, b, percentiles);
+  chosen.set(group.value, choice.percentile);
   return { kind: 'affine', bits: b, ...choice.params };
 }
 
@@ -385,45 +247,63 @@ function median(values: readonly number[]): number {
   return sorted[Math.floor(sorted.length / 2)] ?? NaN;
 }
 
-/** A calibrated setting after reparameterisation: per-channel grids become per-tensor ones. */
+type ChannelSpread = Map<string, NonNullable<RepQActivationReport['channels']>>;
+
+/**
+ * RepQ's second pass: every per-channel LayerNorm grid folded into the model and replaced by its
+ * per-tensor grid; the weights quantized from the rewritten model (only the folded layers'
+ * change; the others come out as in pass 1).
+ */
 function reparameterise(
-  setting: ActivationSetting,
-  fold: NormFold | undefined,
-  settings: Settings,
+  model: ModelProto,
   index: GraphIndex,
-  names: NamePrefixes,
+  calibrated: readonly ActivationSetting[],
+  folds: ReadonlyMap<string, NormFold>,
   norms: RepQNormReport[],
+  settings: RepQSettings,
 ) {
-  const q = setting.quantizer;
-  if (!fold || q.kind !== 'affine-channel') return { setting, commands: [] };
-  const rep = reparameterisation(q.params, settings.zeroPoint === 'rounded');
-  const report = norms.find((n) => n.role === fold.norm.role)!;
-  report.ratio = { min: Math.min(...rep.ratio), max: Math.max(...rep.ratio) };
-  const quantizer = {
-    kind: 'affine' as const,
-    bits: q.bits,
-    scale: rep.scale,
-    zeroPoint: rep.zeroPoint,
-  };
-  const steps = q.params.map((p) => p.scale);
-  return {
-    setting: { ...setting, quantizer },
-    commands: foldCommands(index, names, fold, rep),
-    channels: { count: steps.length, scaleMin: Math.min(...steps), scaleMax: Math.max(...steps) },
-  };
+  const names = new NamePrefixes(index);
+  const channels: ChannelSpread = new Map();
+  const commands: Command[] = [];
+  const activations = calibrated.map((setting): ActivationSetting => {
+    const q = setting.quantizer;
+    const fold = folds.get(setting.value);
+    if (!fold || q.kind !== 'affine-channel') return setting;
+    const rep = reparameterisation(q.params, settings.zeroPoint === 'rounded');
+    commands.push(...foldCommands(index, names, fold, rep));
+    norms.find((n) => n.role === fold.norm.role)!.ratio = {
+      min: Math.min(...rep.ratio),
+      max: Math.max(...rep.ratio),
+    };
+    const steps = q.params.map((p) => p.scale);
+    channels.set(setting.value, {
+      count: steps.length,
+      scaleMin: Math.min(...steps),
+      scaleMax: Math.max(...steps),
+    });
+    const { scale, zeroPoint } = rep;
+    const quantizer: ActivationQuantizer = { kind: 'affine', bits: q.bits, scale, zeroPoint };
+    return { ...setting, quantizer };
+  });
+  const folded = applyCommands(model, commands, { context: 'RepQ-ViT scale reparameterisation' });
+  const structure = recognizeViT(folded);
+  const foldedIndex = new GraphIndex(folded);
+  const points = excludePoints(quantPoints(structure), settings.keepFloat).points.weights;
+  const weights = points.map((p) => weightSetting(foldedIndex, p, settings));
+  return { model: folded, structure, activations, weights, channels };
 }
 
 function activationReport(
   setting: ActivationSetting,
-  channels: RepQActivationReport['channels'] | undefined,
-  percentiles: ReadonlyMap<string, number>,
+  spread: ChannelSpread,
+  chosen: ReadonlyMap<string, number>,
 ): RepQActivationReport {
   const q = setting.quantizer;
-  const percentile = percentiles.get(setting.value) ?? NaN;
+  const channels = spread.get(setting.value);
   const base = {
     roles: setting.roles,
     value: setting.value,
-    percentile,
+    percentile: chosen.get(setting.value) ?? NaN,
     ...(channels ? { channels } : {}),
   };
   switch (q.kind) {
@@ -432,8 +312,8 @@ function activationReport(
     case 'affine':
       return { ...base, kind: 'affine', bits: q.bits, scale: q.scale, zeroPoint: q.zeroPoint };
     case 'affine-channel':
-      // a norm that could not be folded was calibrated per tensor, so this is never reached
-      return { ...base, kind: 'affine', bits: q.bits, scale: NaN };
+      // only folded norms are calibrated per channel, and folding replaced their grids
+      throw new InternalError(`${setting.value}: a per-channel grid was left after folding`);
   }
 }
 
