@@ -212,13 +212,15 @@ export function logSquaredError(values: Float32Array, q: LogQuantizer): number {
  * The commands adding a log-domain fake quantizer on `value`; new names start with `prefix/`,
  * the result is `<prefix>/output` and nothing is rewired to read it. The chain (opset ≥ 13):
  *
- *   r = Max(x / s, 0)                      (negative inputs go below the grid, to 0)
- *   g = Cast<int64>(Clip(Round(Log(r) · (−m / ln 2)), 0, 2^b − 1))   the guess
- *   i = g + [r < U[g]] + [r < D[g]]         U[k] = c_k, D[k] = c_(k−1), D[0] = +∞
- *   x̂ = Gather(L′, i)                      L′[j] = L[j − 1]: code i − 1, with L[2^b] = 0
+ *   r = Max(x / s, 0)                          (negative inputs go below the grid, to 0)
+ *   g = Cast<int32>(Clip(Floor(Log(r)·(−m / ln 2) + ½ − 1/64), 0, 2^b − 1))   the guess
+ *   q = g + [r < c_g]
+ *   x̂ = Gather(L, q)                          L[2^b] = 0
  *
- * Log(0) = −∞ gives the guess 2^b − 1, which the boundary test turns into "below the grid".
- * A NaN input is outside the quantizer's domain (onnxruntime then fails on the Gather index).
+ * The guess rounds with a bias of 1/64 downwards, far more than the few ulps by which a float32
+ * logarithm can miss, so it is the exact code or the one below; one boundary test settles
+ * which. Log(0) = −∞ gives the guess 2^b − 1, which the test turns into "below the grid". A NaN
+ * input is outside the quantizer's domain (onnxruntime then fails on the Gather index).
  */
 export function logFakeQuantCommands(
   value: string,
@@ -226,14 +228,7 @@ export function logFakeQuantCommands(
   q: LogQuantizer,
 ): { commands: Command[]; output: string } {
   const boundaries = logBoundaries(q);
-  const levels = logLevels(q);
   const n = boundaries.length;
-  const down = new Float32Array(n);
-  down[0] = Infinity;
-  down.set(boundaries.subarray(0, n - 1), 1);
-  const shifted = new Float32Array(n + 2);
-  shifted[0] = levels[0]!;
-  shifted.set(levels, 1);
   const m = stepsPerOctave(q.base);
   const p = (name: string) => `${prefix}/${name}`;
   const scalar = (name: string, v: number) => floatTensor(p(name), [], Float32Array.of(v));
@@ -241,34 +236,32 @@ export function logFakeQuantCommands(
     scalar('scale', q.scale),
     scalar('zero', 0),
     scalar('factor', -m / Math.LN2),
+    scalar('half', 0.5 - 1 / 64),
     scalar('last', n - 1),
-    floatTensor(p('up'), [n], boundaries),
-    floatTensor(p('down'), [n], down),
-    floatTensor(p('levels'), [n + 2], shifted),
+    floatTensor(p('boundaries'), [n], boundaries),
+    floatTensor(p('levels'), [n + 1], logLevels(q)),
   ];
   const op = (name: string, opType: string, inputs: string[], attributes = {}): Command => ({
     kind: 'addNode',
     node: makeNode({ name: p(name), opType, inputs, outputs: [p(name)], attributes }),
   });
-  const toInt64 = { to: DataType.INT64 };
+  // int32 indices: Gather takes them, and they move half the bytes of int64
+  const toInt32 = { to: DataType.INT32 };
   const commands: Command[] = [
     ...tensors.map((tensor): Command => ({ kind: 'addInitializer', tensor })),
     op('Div', 'Div', [value, p('scale')]),
     op('Max', 'Max', [p('Div'), p('zero')]),
     op('Log', 'Log', [p('Max')]),
     op('Mul', 'Mul', [p('Log'), p('factor')]),
-    op('Round', 'Round', [p('Mul')]),
-    op('Clip', 'Clip', [p('Round'), p('zero'), p('last')]),
-    op('Guess', 'Cast', [p('Clip')], toInt64),
-    op('Up', 'Gather', [p('up'), p('Guess')]),
-    op('Down', 'Gather', [p('down'), p('Guess')]),
-    op('BelowUp', 'Less', [p('Max'), p('Up')]),
-    op('BelowDown', 'Less', [p('Max'), p('Down')]),
-    op('StepUp', 'Cast', [p('BelowUp')], toInt64),
-    op('StepDown', 'Cast', [p('BelowDown')], toInt64),
-    op('Partial', 'Add', [p('Guess'), p('StepUp')]),
-    op('Index', 'Add', [p('Partial'), p('StepDown')]),
-    op('output', 'Gather', [p('levels'), p('Index')]),
+    op('Add', 'Add', [p('Mul'), p('half')]),
+    op('Floor', 'Floor', [p('Add')]),
+    op('Clip', 'Clip', [p('Floor'), p('zero'), p('last')]),
+    op('Guess', 'Cast', [p('Clip')], toInt32),
+    op('Boundary', 'Gather', [p('boundaries'), p('Guess')]),
+    op('Below', 'Less', [p('Max'), p('Boundary')]),
+    op('Step', 'Cast', [p('Below')], toInt32),
+    op('Code', 'Add', [p('Guess'), p('Step')]),
+    op('output', 'Gather', [p('levels'), p('Code')]),
   ];
   return { commands, output: p('output') };
 }
