@@ -1,0 +1,236 @@
+/**
+ * `npm run bench:ptq`: post-training quantization methods on the fixtures, measured beside what
+ * the methods' own code gives on the same model and images (`../shared/reference/
+ * reference-results.md`) and the papers' numbers for the closest models. Each row runs in its
+ * own child process, so its wall time and peak memory are its own: calibrate on 32 images of
+ * `imagenet-calib-256` (sampleDataset, seed 0), evaluate on all 500 of `imagenet-val-500`
+ * against the fp32 model. Writes bench-results/bench-ptq.json and bench-ptq.md.
+ *
+ *   npx tsx scripts/bench-ptq.ts              # every row (npm run bench:ptq once wired)
+ *   npx tsx scripts/bench-ptq.ts --quick      # ViT-Tiny opset 17, W6A6 and W4A4, 100 images
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ModelProto } from 'onnx-buf';
+import { openDataset, packageRoot, resolvePreprocess, sampleDataset } from '../src/data/index.js';
+import type { Dataset } from '../src/data/index.js';
+import { evaluateAccuracy } from '../src/eval/accuracy.js';
+import { loadModel } from '../src/onnx/model-io.js';
+import { calibrate } from '../src/quant/calibrate.js';
+import { quantizeRepQ } from '../src/quant/methods/repq.js';
+import { simulateQuantization } from '../src/quant/simulate.js';
+import { recognizeViT } from '../src/vit/index.js';
+import { markdownTable, percent } from '../src/report/markdown.js';
+
+const root = packageRoot();
+const fixtures = join(root, '..', 'shared', 'fixtures');
+const threads = 2;
+
+type Method = 'fp32' | 'minmax' | 'repq';
+
+interface RowSpec {
+  target: 'vit-tiny opset 17' | 'vit-tiny opset 13' | 'mnist vit';
+  method: Method;
+  bits?: string;
+  limit?: number;
+}
+
+interface Row extends RowSpec {
+  top1: number | null;
+  top5: number | null;
+  fp32Top1: number | null;
+  agreement: number | null;
+  images: number;
+  calibrationSeconds: number | null;
+  wallSeconds: number;
+  peakRssMb: number;
+}
+
+/** Top-1 of the methods' own code on this ViT-Tiny (reference-results.md). */
+const referenceTop1: Record<string, number> = {
+  fp32: 83.0,
+  'minmax w8a8': 80.8,
+  'minmax w6a6': 63.2,
+  'minmax w4a4': 0.0,
+  'repq w8a8': 81.0,
+  'repq w6a6': 79.0,
+  'repq w4a4': 29.6,
+};
+
+/** Published top-1 (fp32 / quantized) of RepQ-ViT on DeiT-T and ViT-S (reference notes §6, §19). */
+const publishedTop1: Record<string, string> = {
+  'repq w6a6': 'DeiT-T 70.76 / 72.21, ViT-S 80.43 / 81.39',
+  'repq w4a4': 'DeiT-T 57.43 / 72.21, ViT-S 65.05 / 81.39',
+};
+
+function targetPaths(target: RowSpec['target']) {
+  const vit = join(fixtures, 'models', 'vit_tiny_patch16_224');
+  const images = join(fixtures, 'images');
+  if (target === 'mnist vit') {
+    return {
+      model: join(fixtures, 'models', 'vit4mnist', 'model.opset17.onnx'),
+      calib: join(root, 'assets', 'mnist-calib-256'),
+      data: join(fixtures, 'mnist'),
+    };
+  }
+  const opset = target.endsWith('13') ? 13 : 17;
+  return {
+    model: join(vit, `model.opset${opset}.onnx`),
+    calib: join(images, 'imagenet-calib-256'),
+    data: join(images, 'imagenet-val-500'),
+  };
+}
+
+function rowSpecs(quick: boolean): RowSpec[] {
+  if (quick) {
+    const t = 'vit-tiny opset 17' as const;
+    return [
+      { target: t, method: 'repq', bits: 'w6a6', limit: 100 },
+      { target: t, method: 'repq', bits: 'w4a4', limit: 100 },
+    ];
+  }
+  const tiny = 'vit-tiny opset 17' as const;
+  const specs: RowSpec[] = [{ target: tiny, method: 'fp32' }];
+  for (const bits of ['w8a8', 'w6a6', 'w4a4']) specs.push({ target: tiny, method: 'minmax', bits });
+  for (const bits of ['w8a8', 'w6a6', 'w4a4', 'w3a3'])
+    specs.push({ target: tiny, method: 'repq', bits });
+  specs.push({ target: 'vit-tiny opset 13', method: 'repq', bits: 'w4a4' });
+  specs.push({ target: 'mnist vit', method: 'minmax', bits: 'w4a4' });
+  specs.push({ target: 'mnist vit', method: 'repq', bits: 'w4a4' });
+  return specs;
+}
+
+function parseBits(bits: string): { weightBits: number; activationBits: number } {
+  const match = /^w(\d)a(\d)$/.exec(bits);
+  if (!match) throw new Error(`bits must look like w4a4, got ${bits}`);
+  return { weightBits: Number(match[1]), activationBits: Number(match[2]) };
+}
+
+/** The quantized model of a row and its calibration seconds (the fp32 model for fp32). */
+async function quantized(spec: RowSpec, model: ModelProto, calib: Dataset) {
+  if (spec.method === 'fp32' || !spec.bits) return { model, seconds: null };
+  const structure = recognizeViT(model);
+  const started = performance.now();
+  const bits = parseBits(spec.bits);
+  if (spec.method === 'repq') {
+    const result = await quantizeRepQ(model, structure, calib.batches(32), { ...bits, threads });
+    return { model: result.model, seconds: (performance.now() - started) / 1000 };
+  }
+  const calibration = await calibrate(model, structure, calib.batches(32), { threads });
+  const simulated = simulateQuantization(model, structure, calibration, {
+    ...bits,
+    activationForm: 'float',
+  });
+  return { model: simulated.model, seconds: (performance.now() - started) / 1000 };
+}
+
+/** One row, in this process (the child's side). */
+async function runRow(spec: RowSpec): Promise<Row> {
+  const started = performance.now();
+  const paths = targetPaths(spec.target);
+  const model = await loadModel(paths.model);
+  const preprocess = await resolvePreprocess(paths.model);
+  const calib = sampleDataset(await openDataset(paths.calib, preprocess), 32, 0);
+  const { model: candidate, seconds } = await quantized(spec, model, calib);
+  const data = await openDataset(paths.data, preprocess, spec.limit ? { limit: spec.limit } : {});
+  const accuracy = await evaluateAccuracy(candidate, data.batches(50), {
+    threads,
+    ...(spec.method === 'fp32' ? {} : { baseline: model }),
+  });
+  return {
+    ...spec,
+    top1: accuracy.top1,
+    top5: accuracy.top5,
+    fp32Top1: accuracy.baseline?.top1 ?? accuracy.top1,
+    agreement: accuracy.agreement ?? null,
+    images: accuracy.images,
+    calibrationSeconds: seconds,
+    wallSeconds: (performance.now() - started) / 1000,
+    peakRssMb: process.resourceUsage().maxRSS / 1024,
+  };
+}
+
+/** Runs one row in a child process and reads its JSON line. */
+function childRow(spec: RowSpec): Promise<Row | null> {
+  return new Promise((resolve) => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', join(root, 'scripts', 'bench-ptq.ts'), '--row', JSON.stringify(spec)],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (code) => {
+      if (code === 0) return resolve(JSON.parse(stdout.trim().split('\n').pop()!) as Row);
+      process.stderr.write(`bench:ptq ${label(spec)} failed: ${stderr}\n`);
+      resolve(null);
+    });
+  });
+}
+
+function label(spec: RowSpec): string {
+  return spec.method === 'fp32' ? 'fp32' : `${spec.method} ${spec.bits}`;
+}
+
+function markdown(rows: readonly Row[]): string {
+  const header = [
+    'model',
+    'method',
+    'top-1',
+    'top-5',
+    'agreement',
+    'reference code',
+    'published (quantized / fp32)',
+    'calibration',
+    'peak memory',
+    'images',
+  ];
+  return markdownTable(
+    header,
+    rows.map((r) => {
+      const onTiny = r.target.startsWith('vit-tiny');
+      const reference = onTiny ? referenceTop1[label(r)] : undefined;
+      return [
+        r.target,
+        label(r),
+        percent(r.top1),
+        percent(r.top5),
+        percent(r.agreement),
+        reference === undefined ? undefined : `${reference.toFixed(1)} %`,
+        onTiny ? publishedTop1[label(r)] : undefined,
+        r.calibrationSeconds === null ? undefined : `${r.calibrationSeconds.toFixed(1)} s`,
+        `${Math.round(r.peakRssMb)} MB`,
+        r.images,
+      ];
+    }),
+  );
+}
+
+async function main(): Promise<void> {
+  const at = process.argv.indexOf('--row');
+  if (at >= 0) {
+    const row = await runRow(JSON.parse(process.argv[at + 1]!) as RowSpec);
+    process.stdout.write(`${JSON.stringify(row)}\n`);
+    return;
+  }
+  const quick = process.argv.includes('--quick');
+  const dir = join(root, 'bench-results');
+  await mkdir(dir, { recursive: true });
+  const meta = { date: new Date().toISOString(), node: process.version, threads, quick };
+  const rows: Row[] = [];
+  for (const spec of rowSpecs(quick)) {
+    process.stderr.write(`bench:ptq: ${spec.target} ${label(spec)}\n`);
+    const row = await childRow(spec);
+    if (!row) continue;
+    rows.push(row);
+    // written after every row: a long run stopped half-way keeps what it measured
+    await writeFile(join(dir, 'bench-ptq.json'), `${JSON.stringify({ meta, rows }, null, 2)}\n`);
+    await writeFile(join(dir, 'bench-ptq.md'), `${markdown(rows)}\n`);
+  }
+  process.stdout.write(`${markdown(rows)}\n`);
+}
+
+await main();
