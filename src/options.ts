@@ -58,7 +58,10 @@ export const quantizeOptionsSchema = z
     blockSize: z.coerce
       .number()
       .int()
-      .refine((n) => n >= 16 && (n & (n - 1)) === 0, 'block size must be a power of two ≥ 16')
+      .refine(
+        (n) => n >= 16 && n <= 256 && (n & (n - 1)) === 0,
+        'block size must be 16, 32, 64, 128 or 256 (what MatMulNBits supports)',
+      )
       .default(32),
     data: z.string().optional(),
     limit: positiveInt.optional(),

@@ -4,7 +4,7 @@
  * stderr and a non-zero exit code (a stack trace only with --verbose).
  */
 import { Command, CommanderError } from 'commander';
-import { VitslimError, InputError, UnsupportedModelError } from '../errors.js';
+import { CalibrationError, VitslimError, InputError, UnsupportedModelError } from '../errors.js';
 import { createLogger, type Logger, type LogLevel } from '../log.js';
 import { vitslimVersion } from '../version.js';
 import { progressRenderer } from './progress.js';
@@ -68,10 +68,12 @@ function reportError(error: unknown, verbose: boolean): number {
     line(error.message);
     if (verbose && error.stack) process.stderr.write(`${error.stack}\n`);
     if (error instanceof UnsupportedModelError) return exitCodes.unsupported;
-    return error instanceof InputError ? exitCodes.error : exitCodes.internal;
+    const usersInput = error instanceof InputError || error instanceof CalibrationError;
+    return usersInput ? exitCodes.error : exitCodes.internal;
   }
   const message = error instanceof Error ? error.message : String(error);
-  line(`internal error: ${message.split('\n')[0]} (run with --verbose for details)`);
+  const hint = verbose ? '' : ' (run with --verbose for details)';
+  line(`internal error: ${message.split('\n')[0]}${hint}`);
   if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
   return exitCodes.internal;
 }

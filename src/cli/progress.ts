@@ -8,6 +8,8 @@ export function progressRenderer(enabled: boolean): ProgressListener {
   return (event: ProgressEvent) => {
     switch (event.status) {
       case 'start': {
+        // nested emitters may start the same stage twice: never leave a bar (and its timer) running
+        bars.get(event.stage)?.stop();
         const bar = new cliProgress.SingleBar(
           {
             format: `${event.stage.padEnd(22)} {bar} {value}/{total} {duration_formatted}`,

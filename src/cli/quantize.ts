@@ -1,6 +1,7 @@
 /** `vitslim quantize model.onnx --recipe w8a8 --calib DIR -o OUT` (or `--bits w4a4`). */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { PreprocessConfig } from '../data/index.js';
 import { parseOptions, quantizeOptionsSchema, runOptionsSchema } from '../options.js';
@@ -61,7 +62,12 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     async (path: string, flags: Record<string, unknown>) => {
       const ctx = context();
       const out = String(flags.out);
-      checkNotInputFolder(out, [path]);
+      // paths are recorded absolute, so a report's options reproduce the run from anywhere
+      for (const key of ['calib', 'data'] as const) {
+        if (typeof flags[key] === 'string') flags[key] = resolve(flags[key] as string);
+      }
+      const inputs = [path, flags.calib, flags.data].filter((p) => typeof p === 'string');
+      checkNotInputFolder(out, inputs as string[]);
       await checkOutputFree(out, flags.force === true);
       const fromFile = flags.config ? await readRecipeFile(String(flags.config)) : {};
       const options = parseOptions(

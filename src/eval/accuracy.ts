@@ -4,7 +4,7 @@
  */
 import type { ModelProto } from 'onnx-buf';
 import type { Reporting } from '../log.js';
-import { createSession, floatInput, type SessionOptions } from '../runtime/session.js';
+import { createSession, firstLine, floatInput, type SessionOptions } from '../runtime/session.js';
 import { InputError } from '../errors.js';
 import { argmax, klDivergence, topK } from './metrics.js';
 
@@ -112,6 +112,14 @@ async function runLogits(
   batch: EvalBatch,
 ): Promise<Float32Array> {
   const feeds = { [session.inputNames[0]!]: floatInput(batch.data, batch.dims) };
-  const out = await session.run(feeds);
+  let out;
+  try {
+    out = await session.run(feeds);
+  } catch (error) {
+    const reason = firstLine(error);
+    throw new InputError(
+      `the model cannot run on images of shape [${batch.dims.join(', ')}]: ${reason}`,
+    );
+  }
   return out[session.outputNames[0]!]!.data as Float32Array;
 }

@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { ModelProto } from 'onnx-buf';
+import { InputError } from '../errors.js';
 import { openDataset, resolvePreprocess, type PreprocessConfig } from '../data/index.js';
 import { evaluateAccuracy, type AccuracyResult } from '../eval/accuracy.js';
 import { measureLatency, type LatencyRow } from '../eval/latency.js';
@@ -79,6 +80,9 @@ export async function evaluate(
     dataset.batches(input.batch, { stage: 'evaluation', onProgress: reporting.onProgress }),
     { baseline: input.baseline?.model, threads: input.threads, total: dataset.size },
   );
+  if (accuracy.images === 0) {
+    throw new InputError(`no readable image in ${input.data}`, input.data);
+  }
   const report: EvaluationReport = {
     data: { path: input.data, images: accuracy.images, skipped: dataset.stats.skipped },
     accuracy,

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { ModelProto } from 'onnx-buf';
 import { openDataset, sampleDataset, type PreprocessConfig } from '../data/index.js';
-import { InputError } from '../errors.js';
+import { CalibrationError, InputError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
 import type { QuantizeOptions, RunOptions } from '../options.js';
@@ -140,7 +140,10 @@ async function calibrateValues(
     source.structure,
     sample.batches(run.batch, { stage: 'calibration', onProgress: reporting.onProgress }),
     { values, threads: run.threads, total: sample.size, seed: options.seed, ...reporting },
-  );
+  ).catch((error: unknown) => {
+    if (sample.stats.decoded > 0 || !(error instanceof CalibrationError)) throw error;
+    throw new InputError(`no readable image among the calibration images of ${options.calib}`);
+  });
   const summary: CalibrationSummary = {
     path: options.calib,
     images: result.images,

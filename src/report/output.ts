@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve, sep } from 'node:path';
 import { InputError } from '../errors.js';
 
 export interface OutputFile {
@@ -25,11 +25,18 @@ export async function checkOutputFree(out: string, force: boolean): Promise<void
   }
 }
 
-/** Refuses to write the output over the input model's own folder. */
+/**
+ * Refuses an output folder that holds any input (model, images) at any depth, or the current
+ * folder: replacing it with --force would delete them.
+ */
 export function checkNotInputFolder(out: string, inputs: readonly string[]): void {
   const target = resolve(out);
+  const inside = (path: string) => path === target || path.startsWith(target + sep);
+  if (inside(process.cwd())) {
+    throw new InputError(`${out}: the output folder holds the current folder; choose a new one`);
+  }
   for (const input of inputs) {
-    if (resolve(dirname(input)) === target) {
+    if (inside(resolve(input)) || inside(resolve(dirname(input)))) {
       throw new InputError(`${out}: the output folder holds the input ${input}`, out);
     }
   }

@@ -120,7 +120,12 @@ describe('the CLI on bad input', () => {
     expect(await readFile(join(out, 'keep.txt'), 'utf8')).toBe('mine');
     const forced = await vitslim([...args, '--force']);
     expect(forced.code).toBe(0);
-    expect((await readdir(out)).sort()).toEqual(['config.json', 'model.onnx', 'report.json', 'report.md']);
+    expect((await readdir(out)).sort()).toEqual([
+      'config.json',
+      'model.onnx',
+      'report.json',
+      'report.md',
+    ]);
     expect(await sha256(vitMnist)).toBe(before);
   });
 

@@ -147,7 +147,8 @@ export function qdqCalibrationValues(
 
 /** Whether the `fastest` policy checks this layer's input range for outliers. */
 function outlierChecked(layer: LinearLayer, options: QdqOptions): boolean {
-  return (options.policy ?? 'fastest') === 'fastest' && !options.formOf?.(layer);
+  const excluded = options.exclude?.some((e) => e === layer.role || e === layer.node);
+  return (options.policy ?? 'fastest') === 'fastest' && !excluded && !options.formOf?.(layer);
 }
 
 /** Role without its block index: `blocks.7.mlp.fc2` → `mlp.fc2`. */
