@@ -9,10 +9,10 @@
  *   read the same qkv output and none feeds another; the softmax output depends on q and k);
  * - the model is cut into segments at the block inputs. The tensor entering a segment is computed
  *   once, with all earlier quantizers, for every calibration image and kept in memory; each level
- *   then runs only its segment, pruned to what the level needs.
- * Memory therefore holds all calibration images' activations of one segment boundary and one
- * level (RepQ-ViT's exact quantiles need every value anyway); it is meant for the small
- * calibration sets these methods use (32 images).
+ *   then runs only the part of its segment between the tensors already known and its own.
+ * Memory therefore holds all calibration images' activations of one segment (RepQ-ViT's exact
+ * quantiles need every value of a tensor anyway); it is meant for the small calibration sets
+ * these methods use (32 images).
  */
 import { create } from '@bufbuild/protobuf';
 import { GraphProtoSchema, ModelProtoSchema, type ModelProto, type NodeProto } from 'onnx-buf';
@@ -22,7 +22,7 @@ import { GraphIndex } from '../graph/graph.js';
 import { validateGraph } from '../graph/validate.js';
 import { noProgress, type ProgressListener } from '../log.js';
 import type { CaptureBatch } from '../runtime/capture.js';
-import { createSession, floatInput, type SessionOptions } from '../runtime/session.js';
+import { createSession, floatInput, type ort, type SessionOptions } from '../runtime/session.js';
 import {
   activationCommands,
   NamePrefixes,
@@ -53,7 +53,7 @@ export interface SequentialOptions extends SessionOptions {
 
 export interface SequentialResult {
   settings: ActivationSetting[];
-  /** onnxruntime passes over the calibration images (levels plus segment boundaries). */
+  /** onnxruntime runs over the calibration images (levels and segment boundaries). */
   passes: number;
 }
 
@@ -81,18 +81,14 @@ export async function calibrateSequentially(
   const onProgress = options.onProgress ?? noProgress;
   const stage = options.stage ?? 'sequential calibration';
   const settings: ActivationSetting[] = [];
-  let boundary: CaptureBatch[] = [...images];
+  let boundary: readonly CaptureBatch[] = images;
   let passes = 0;
   onProgress({ status: 'start', stage, total: groups.length });
   for (const segment of planSegments(model, boundaries, groups)) {
     if (segment.groups.length === 0 && !segment.end) continue;
-    const runner = new SegmentRunner(model, boundaries[0]!, segment, images, options);
+    const runner = new SegmentRunner(model, boundaries[0]!, segment, images, boundary, options);
     for (const level of runner.levels()) {
-      const captured = await runner.capture(
-        boundary,
-        level.map((g) => g.value),
-      );
-      passes++;
+      const captured = await runner.capture(level.map((g) => g.value));
       for (const group of level) {
         const setting = { ...group, quantizer: choose(group, captured.get(group.value)!) };
         settings.push(setting);
@@ -100,10 +96,8 @@ export async function calibrateSequentially(
         onProgress({ status: 'advance', stage, done: settings.length, total: groups.length });
       }
     }
-    if (segment.end) {
-      boundary = await runner.boundary(boundary, segment.end);
-      passes++;
-    }
+    if (segment.end) boundary = await runner.boundary(segment.end);
+    passes += runner.passes;
   }
   onProgress({ status: 'end', stage });
   return { settings, passes };
@@ -143,30 +137,39 @@ function planSegments(
   return segments;
 }
 
-/** One segment of the model: its sliced graph, the quantizers inserted so far, its passes. */
+/**
+ * One segment of the model: its sliced graph, the quantizers inserted so far, and the tensors
+ * known so far (the segment's input, and every value a level captured). A captured value stays
+ * exact for the rest of the segment: a quantizer inserted later sits on an edge downstream of it
+ * (or its own level would be later). So each run starts from the known tensors nearest to what
+ * it computes: the softmax level runs the scores from the captured q and k, not the block again.
+ */
 class SegmentRunner {
   private readonly slice: ModelProto;
   private readonly index: GraphIndex;
   private readonly names: NamePrefixes;
   private readonly inserted: Command[] = [];
-  private readonly graphInput: string | undefined;
+  /** Per-batch tensors of the values known so far. */
+  private readonly known = new Map<string, readonly CaptureBatch[]>();
+  passes = 0;
 
   constructor(
     model: ModelProto,
     imageInput: string,
     private readonly segment: Segment,
-    private readonly images: readonly CaptureBatch[],
+    images: readonly CaptureBatch[],
+    start: readonly CaptureBatch[],
     private readonly options: SessionOptions,
   ) {
     const outputs = [
       ...segment.groups.flatMap((g) => [g.value, ...g.nodes.flatMap((n) => nodeOutputs(model, n))]),
       ...(segment.end ? [segment.end] : []),
     ];
-    const cut = sliceModel(model, segment.start, [...new Set(outputs)]);
-    this.slice = cut.model;
-    this.graphInput = cut.needsGraphInput ? imageInput : undefined;
+    this.slice = sliceModel(model, [segment.start], [...new Set(outputs)]).model;
     this.index = new GraphIndex(this.slice);
     this.names = new NamePrefixes(this.index);
+    this.known.set(imageInput, images);
+    this.known.set(segment.start, start);
   }
 
   /** The groups in levels: a group's level is one more than that of any group it depends on. */
@@ -203,66 +206,60 @@ class SegmentRunner {
   }
 
   /** The values over all images, from the segment with every quantizer inserted so far. */
-  async capture(boundary: readonly CaptureBatch[], values: readonly string[]) {
-    const perBatch = await this.run(boundary, values);
+  async capture(values: readonly string[]): Promise<Map<string, CapturedTensor>> {
     const out = new Map<string, CapturedTensor>();
-    for (const value of values) out.set(value, concatBatches(perBatch.map((b) => b.get(value)!)));
-    for (const [value, tensor] of out) checkFinite(value, tensor.data);
+    for (const value of values) {
+      const tensor = concatBatches(await this.tensors(value, values));
+      checkFinite(value, tensor.data);
+      out.set(value, tensor);
+    }
     return out;
   }
 
   /** The segment's end value per batch, the next segment's input. */
-  async boundary(boundary: readonly CaptureBatch[], end: string): Promise<CaptureBatch[]> {
-    const perBatch = await this.run(boundary, [end]);
-    return perBatch.map((b) => b.get(end)!);
+  async boundary(end: string): Promise<readonly CaptureBatch[]> {
+    return this.tensors(end, [end]);
   }
 
-  /** Each batch's `values`; the segment's own input is the boundary tensor, not computed. */
-  private async run(boundary: readonly CaptureBatch[], values: readonly string[]) {
-    const computed = values.filter((v) => v !== this.segment.start);
-    const fetched = computed.length > 0 ? await this.fetch(boundary, computed) : undefined;
-    return boundary.map((start, i) => {
-      const batch = new Map<string, CaptureBatch>(fetched?.[i] ?? []);
-      if (computed.length < values.length) batch.set(this.segment.start, start);
-      return batch;
-    });
+  /** One value's per-batch tensors, computing (with `together`) whatever is not known yet. */
+  private async tensors(value: string, together: readonly string[]) {
+    const missing = together.filter((v) => !this.known.has(v));
+    if (missing.length > 0) await this.compute(missing);
+    return this.known.get(value)!;
   }
 
-  private async fetch(boundary: readonly CaptureBatch[], values: readonly string[]) {
+  /** Runs the segment, from the known tensors, for `values`; they become known. */
+  private async compute(values: readonly string[]): Promise<void> {
     const retarget: Command[] = [
       ...this.index.outputs.map((o): Command => ({ kind: 'removeOutput', name: o.name })),
       ...values.map((name): Command => ({ kind: 'addOutput', name })),
     ];
-    const model = applyCommands(this.slice, [...this.inserted, ...retarget], {
+    const quantized = applyCommands(this.slice, [...this.inserted, ...retarget], {
       removeUnused: true,
       context: `calibration segment from ${this.segment.start}`,
     });
-    const session = await createSession(model, this.options, 'calibration segment');
-    const needed = new Set(session.inputNames);
+    const cut = sliceModel(quantized, [...this.known.keys()], values);
+    const session = await createSession(cut.model, this.options, 'calibration segment');
+    const results = values.map((): CaptureBatch[] => []);
     try {
-      const out: Map<string, CaptureBatch>[] = [];
-      for (let i = 0; i < boundary.length; i++) {
-        const feeds: Record<string, ReturnType<typeof floatInput>> = {};
-        const start = boundary[i]!;
-        if (needed.has(this.segment.start)) {
-          feeds[this.segment.start] = floatInput(start.data, start.dims);
-        }
-        if (this.graphInput && needed.has(this.graphInput)) {
-          const image = this.images[i]!;
-          feeds[this.graphInput] = floatInput(image.data, image.dims);
+      const batches = this.known.get(this.segment.start)!.length;
+      for (let i = 0; i < batches; i++) {
+        const feeds: Record<string, ort.Tensor> = {};
+        for (const input of cut.inputs) {
+          const known = this.known.get(input)![i]!;
+          feeds[input] = floatInput(known.data, known.dims);
         }
         const result = await session.run(feeds, [...values]);
-        const batch = new Map<string, CaptureBatch>();
-        for (const v of values) {
+        values.forEach((v, k) => {
           const t = result[v]!;
-          batch.set(v, { data: t.data as Float32Array, dims: t.dims.map(Number) });
-        }
-        out.push(batch);
+          results[k]!.push({ data: t.data as Float32Array, dims: t.dims.map(Number) });
+        });
       }
-      return out;
     } finally {
       await session.release();
     }
+    this.passes++;
+    values.forEach((v, k) => this.known.set(v, results[k]!));
   }
 }
 
@@ -271,32 +268,38 @@ function nodeOutputs(model: ModelProto, name: string): string[] {
 }
 
 /**
- * A model computing `outputs` from `start` alone: the nodes between them, the initializers they
- * read, and `start` as the graph input (float, its shape left to onnxruntime). Where a node also
- * needs the original graph input (a shape read from the image, say), that input stays and
- * `needsGraphInput` says so. Nodes and tensors are shared with `model`, never modified.
+ * A model computing `outputs` from the values `starts`: the nodes between, the initializers they
+ * read, and as graph inputs the starts it reaches, plus any graph input of `model` it reaches
+ * otherwise (a shape read from the image, say); `inputs` lists them. Inputs that were not graph
+ * inputs are declared float with their shape left to onnxruntime. Nodes and tensors are shared
+ * with `model`, never modified.
  */
-export function sliceModel(model: ModelProto, start: string, outputs: readonly string[]) {
+export function sliceModel(
+  model: ModelProto,
+  starts: readonly string[],
+  outputs: readonly string[],
+): { model: ModelProto; inputs: string[] } {
   const index = new GraphIndex(model);
+  const cut = new Set(starts);
   const needed = new Set<NodeProto>();
   const initializers = new Set<string>();
+  const inputs: string[] = [];
   const stack = [...outputs];
   const seen = new Set<string>();
-  let needsGraphInput = false;
   while (stack.length) {
     const value = stack.pop()!;
-    if (seen.has(value) || value === start || value === '') continue;
+    if (seen.has(value) || value === '') continue;
     seen.add(value);
-    if (index.initializers.has(value)) initializers.add(value);
-    else if (index.inputs.some((i) => i.name === value)) needsGraphInput = true;
     const node = index.producer.get(value);
-    if (node && !needed.has(node)) {
+    if (cut.has(value) || (!node && !index.initializers.has(value))) inputs.push(value);
+    else if (index.initializers.has(value)) initializers.add(value);
+    else if (node && !needed.has(node)) {
       needed.add(node);
       stack.push(...node.input);
     }
   }
-  const graphInputs = index.inputs.filter((i) => needsGraphInput && i.name !== start);
-  const startInput = index.inputs.find((i) => i.name === start) ?? valueInfo(start);
+  const declared = new Map(index.inputs.map((i) => [i.name, i]));
+  inputs.sort((a, b) => starts.indexOf(a) - starts.indexOf(b));
   const sliced = create(ModelProtoSchema, {
     irVersion: model.irVersion,
     opsetImport: model.opsetImport,
@@ -305,12 +308,12 @@ export function sliceModel(model: ModelProto, start: string, outputs: readonly s
       name: `${model.graph?.name ?? 'graph'} slice`,
       node: index.nodes.filter((n) => needed.has(n)),
       initializer: model.graph!.initializer.filter((t) => initializers.has(t.name)),
-      input: [startInput, ...graphInputs],
+      input: inputs.map((name) => declared.get(name) ?? valueInfo(name)),
       output: outputs.map((name) => valueInfo(name)),
     }),
   });
-  validateGraph(sliced, `slice from ${start}`);
-  return { model: sliced, needsGraphInput: graphInputs.length > 0 };
+  validateGraph(sliced, `slice from ${starts.join(', ')}`);
+  return { model: sliced, inputs };
 }
 
 function concatBatches(batches: readonly CaptureBatch[]): CapturedTensor {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { logSquaredError } from '../../src/quant/log-quantizers.js';
 import {
   affineParams,
+  affineSquaredError,
   percentileMseAffine,
   percentileMseAffineChannels,
   percentileMseLog,
@@ -83,6 +84,13 @@ describe('RepQ affine grid', () => {
 });
 
 describe('percentile-MSE search', () => {
+  it('measures the squared error of exactly what fakeQuantize gives, ties included', () => {
+    const params = { scale: 0.25, zeroPoint: -3 };
+    const ties = Float32Array.from({ length: 40 }, (_, i) => (i - 20 + 0.5) * 0.25);
+    const values = Float32Array.of(...ties, ...heavyTailed(5000, 3));
+    expect(affineSquaredError(values, params, 4)).toBe(affineError(values, params, 4));
+  });
+
   it('picks the candidate range with the least squared error (checked by brute force)', () => {
     const values = heavyTailed(50_000, 7);
     for (const bits of [4, 6]) {

@@ -74,8 +74,8 @@ describe('sequential calibration', () => {
     expect(Array.from(seen.get('y2')!.data)).toEqual(joined(y2));
     expect(seen.get('y2')!.dims).toEqual([4, 3, 4]);
     expect(result.settings.map((s) => s.value)).toEqual(['x', 'y1', 'y2']);
-    // segment 1 (x), its boundary y1, segment 2 in two levels (y1, then y2)
-    expect(result.passes).toBe(4);
+    // x and y1 are segment inputs, known without a run: only the boundary y1 and y2 are run
+    expect(result.passes).toBe(2);
   });
 
   it('calibrates quantizers that do not depend on each other in one pass', async () => {
@@ -106,11 +106,15 @@ describe('sequential calibration', () => {
   it('slices a model between two values, sharing its nodes without changing them', () => {
     const model = chainModel();
     const before = JSON.stringify(model.graph!.node.map((n) => [n.name, n.input, n.output]));
-    const { model: slice, needsGraphInput } = sliceModel(model, 'y1', ['y2']);
+    const { model: slice, inputs } = sliceModel(model, ['y1'], ['y2']);
     expect(slice.graph!.node.map((n) => n.name)).toEqual(['MatMul_y2']);
+    expect(inputs).toEqual(['y1']);
     expect(slice.graph!.input.map((v) => v.name)).toEqual(['y1']);
     expect(slice.graph!.initializer.map((t) => t.name)).toEqual(['W2']);
-    expect(needsGraphInput).toBe(false);
+    // from two known values, only what lies after the nearest one
+    const later = sliceModel(model, ['x', 'y2'], ['out']);
+    expect(later.model.graph!.node.map((n) => n.name)).toEqual(['MatMul_out']);
+    expect(later.inputs).toEqual(['y2']);
     expect(JSON.stringify(model.graph!.node.map((n) => [n.name, n.input, n.output]))).toBe(before);
   });
 });
