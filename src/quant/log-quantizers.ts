@@ -141,10 +141,20 @@ function generalCode(r: number, t: CodeTables): number {
 
 const chunk = 4096;
 
+/** Scratch of one chunk: the float32 ratios and a view of their bits. */
+function scratch() {
+  const ratios = new Float32Array(chunk);
+  return { ratios, bits: new Uint32Array(ratios.buffer) };
+}
+
 /** Writes the codes of x[from, from + codes.length) into `codes`, r = x / s in float32. */
-function chunkCodes(x: Float32Array, from: number, t: CodeTables, codes: Uint16Array) {
-  const ratios = new Float32Array(codes.length);
-  const bits = new Uint32Array(ratios.buffer);
+function chunkCodes(
+  x: Float32Array,
+  from: number,
+  t: CodeTables,
+  codes: Uint16Array,
+  { ratios, bits }: ReturnType<typeof scratch>,
+) {
   for (let k = 0; k < codes.length; k++) ratios[k] = x[from + k]! / t.scale;
   for (let k = 0; k < codes.length; k++) codes[k] = codeOf(ratios[k]!, bits[k]!, t);
 }
@@ -161,8 +171,9 @@ function chunkCodes(x: Float32Array, from: number, t: CodeTables, codes: Uint16A
 export function logQuantize(x: Float32Array, q: LogQuantizer): Uint16Array {
   const t = codeTables(q);
   const out = new Uint16Array(x.length);
+  const buffers = scratch();
   for (let from = 0; from < x.length; from += chunk) {
-    chunkCodes(x, from, t, out.subarray(from, Math.min(x.length, from + chunk)));
+    chunkCodes(x, from, t, out.subarray(from, Math.min(x.length, from + chunk)), buffers);
   }
   return out;
 }
@@ -196,10 +207,11 @@ export function logSquaredError(values: Float32Array, q: LogQuantizer): number {
   const t = codeTables(q);
   const levels = logLevels(q);
   const codes = new Uint16Array(chunk);
+  const buffers = scratch();
   let error = 0;
   for (let from = 0; from < values.length; from += chunk) {
     const part = codes.subarray(0, Math.min(chunk, values.length - from));
-    chunkCodes(values, from, t, part);
+    chunkCodes(values, from, t, part, buffers);
     for (let k = 0; k < part.length; k++) {
       const d = values[from + k]! - levels[part[k]!]!;
       error += d * d;
