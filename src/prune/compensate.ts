@@ -28,7 +28,7 @@ import type { CompensationMethod, GroupSelection } from './types.js';
 
 export interface CompensationOptions {
   method: CompensationMethod;
-  /** Ridge strength relative to the mean variance of the kept channels (default 1e-3). */
+  /** Ridge strength relative to the mean variance of the kept channels (default 1e-2). */
   alpha?: number;
 }
 
@@ -124,7 +124,7 @@ export function fitKept(
   const weight = new Float64Array(kept.length * d);
   kept.forEach((c, i) => weight.set(rows.data.subarray(c * d, (c + 1) * d), i * d));
   if (options.method === 'ridge') {
-    const delta = ridgeDelta(rows, kept, stats, options.alpha ?? 1e-3);
+    const delta = ridgeDelta(rows, kept, stats, options.alpha ?? 1e-2);
     for (let i = 0; i < weight.length; i++) weight[i] = weight[i]! + delta[i]!;
   }
   // b = μ_t − W_Kᵀ μ_K with μ_t = Wᵀμ + b

@@ -149,7 +149,8 @@ export class VarianceImportance implements Importance {
   }
 }
 
-export function createImportance(name: CriterionName): Importance {
+/** The criterion named `name`; `alpha` is the ridge strength of the reconstruction criterion. */
+export function createImportance(name: CriterionName, alpha = 1e-2): Importance {
   switch (name) {
     case 'l1':
       return new MagnitudeImportance(1);
@@ -160,7 +161,7 @@ export function createImportance(name: CriterionName): Importance {
     case 'variance':
       return new VarianceImportance();
     case 'reconstruction':
-      return new ReconstructionImportance();
+      return new ReconstructionImportance(alpha);
   }
 }
 

@@ -28,7 +28,7 @@ export class ReconstructionImportance implements Importance {
   readonly comparable = true;
 
   /** `alpha`: ridge strength relative to the mean channel variance, as in compensation. */
-  constructor(readonly alpha = 1e-3) {}
+  constructor(readonly alpha = 1e-2) {}
 
   score(group: DependencyGroup, inputs: ImportanceInputs): Float64Array {
     const out = new Float64Array(group.units);

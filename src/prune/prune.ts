@@ -1,0 +1,254 @@
+/**
+ * Width pruning of a ViT, end to end: dependency groups from the structure map, importance
+ * scores (from weights, or from one calibration pass over dense-model activations), selection
+ * of the units to keep, compensation of what the removed units contributed, and the surgery.
+ * The input model is never modified.
+ */
+import type { ModelProto } from 'onnx-buf';
+import { GraphIndex } from '../graph/graph.js';
+import { InputError } from '../errors.js';
+import { silentLogger, type Reporting } from '../log.js';
+import type { CaptureBatch } from '../runtime/capture.js';
+import type { SessionOptions } from '../runtime/session.js';
+import type { ViTStructure } from '../vit/types.js';
+import { compensationUpdates } from './compensate.js';
+import { headDimGroup, headGroup, mlpGroup, traceContext } from './groups.js';
+import { createImportance, type Importance, type ImportanceInputs } from './importance.js';
+import { roundKept, selectInBlocks, selectUnits } from './selection.js';
+import { channelStatistics, type StatisticsRequest } from './statistics.js';
+import { applyPruning } from './surgery.js';
+import type {
+  CompensationMethod,
+  CriterionName,
+  DependencyGroup,
+  GroupSelection,
+  HeadsOption,
+  PruneReport,
+  PruningScope,
+} from './types.js';
+
+export interface PruneOptions extends Reporting, SessionOptions {
+  /** Fraction of every block's MLP hidden channels to remove, in [0, 1). */
+  mlp?: number;
+  /** Heads to remove: a fraction per block, or `count` heads in some blocks. */
+  heads?: HeadsOption;
+  /** Fraction of the head dimensions to remove (the same in every head); not with `heads`. */
+  headDims?: number;
+  /** Default `wanda` with calibration images, `l2` without. */
+  criterion?: CriterionName;
+  /** Default `local`. */
+  scope?: PruningScope;
+  /**
+   * Global and isomorphic scopes: the largest fraction of one group removed (default twice the
+   * ratio, at most 0.9).
+   */
+  maxRatio?: number;
+  /** Kept MLP channels and head dimensions are multiples of this (default 8). */
+  roundTo?: number;
+  /** Default `ridge` with calibration images, `none` without. */
+  compensation?: CompensationMethod;
+  /**
+   * Ridge strength relative to the kept channels' mean variance, for compensation and the
+   * reconstruction criterion (default 1e-2).
+   */
+  ridgeAlpha?: number;
+  /** Calibration images (another split than the evaluation images); read once. */
+  calibration?: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>;
+}
+
+export interface PruneResult {
+  model: ModelProto;
+  structure: ViTStructure;
+  selections: GroupSelection[];
+  report: PruneReport;
+}
+
+function checkFraction(name: string, value: number | undefined): void {
+  if (value !== undefined && !(value >= 0 && value < 1)) {
+    throw new RangeError(`${name} must be a fraction in [0, 1), got ${value}`);
+  }
+}
+
+function checkOptions(structure: ViTStructure, o: PruneOptions): void {
+  checkFraction('mlp', o.mlp);
+  checkFraction('headDims', o.headDims);
+  if (typeof o.heads === 'number') checkFraction('heads', o.heads);
+  else if (o.heads) {
+    const depth = structure.blocks.length;
+    const { count, blocks } = o.heads;
+    if (!Number.isInteger(count) || count < 0) {
+      throw new RangeError(`heads.count must be an integer ≥ 0, got ${count}`);
+    }
+    const bad =
+      typeof blocks === 'number'
+        ? [blocks].filter((b) => !(Number.isInteger(b) && b >= 0 && b <= depth))
+        : blocks.filter((b) => !(Number.isInteger(b) && b >= 0 && b < depth));
+    if (bad.length > 0) {
+      throw new RangeError(
+        `heads.blocks must be block indices in [0, ${depth}) or a count ≤ ${depth}, got ${JSON.stringify(blocks)}`,
+      );
+    }
+  }
+  if (o.heads !== undefined && o.headDims !== undefined) {
+    throw new RangeError('heads and headDims cannot be pruned in the same pass: choose one');
+  }
+}
+
+/** The groups the options ask to prune, by kind. */
+function groupsFor(model: ModelProto, structure: ViTStructure, o: PruneOptions) {
+  const mlp = o.mlp ? structure.blocks.map((b) => mlpGroup(b)) : [];
+  const wantsHeads = typeof o.heads === 'number' ? o.heads > 0 : o.heads !== undefined;
+  const ctx = wantsHeads || o.headDims ? traceContext(model) : undefined;
+  const heads = wantsHeads ? structure.blocks.map((b) => headGroup(ctx!, b)) : [];
+  const headDims = o.headDims ? structure.blocks.map((b) => headDimGroup(ctx!, b)) : [];
+  return { mlp, heads, headDims };
+}
+
+/** What `pruneModel` decided from the options. */
+interface Settings {
+  criterion: CriterionName;
+  compensation: CompensationMethod;
+  scope: PruningScope;
+  importance: Importance;
+  /** Whether activation statistics are needed, with Gram matrices. */
+  statistics: boolean;
+  gram: boolean;
+}
+
+function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Settings {
+  const hasCalibration = o.calibration !== undefined;
+  const criterion = o.criterion ?? (hasCalibration ? 'wanda' : 'l2');
+  const compensation = o.compensation ?? (hasCalibration ? 'ridge' : 'none');
+  const importance = createImportance(criterion, o.ridgeAlpha);
+  const statistics = groups.length > 0 && (importance.needsActivations || compensation !== 'none');
+  if (statistics && !hasCalibration) {
+    throw new InputError(
+      `criterion ${criterion} with compensation ${compensation} needs calibration images`,
+    );
+  }
+  return {
+    criterion,
+    compensation,
+    scope: o.scope ?? 'local',
+    importance,
+    statistics,
+    gram: compensation === 'ridge' || criterion === 'reconstruction',
+  };
+}
+
+/**
+ * Prunes MLP channels and heads (or head dimensions) of `model`. With calibration images, one
+ * pass of dense-model statistics serves the importance and the compensation of every block.
+ */
+export async function pruneModel(
+  model: ModelProto,
+  structure: ViTStructure,
+  options: PruneOptions = {},
+): Promise<PruneResult> {
+  checkOptions(structure, options);
+  const logger = options.logger ?? silentLogger;
+  const groups = groupsFor(model, structure, options);
+  const all = [...groups.mlp, ...groups.heads, ...groups.headDims];
+  const settings = settingsFor(options, all);
+  const inputs: ImportanceInputs = { index: new GraphIndex(model) };
+  let images = 0;
+
+  if (settings.statistics) {
+    const requests = statisticsRequests(all, settings.gram);
+    const stats = await channelStatistics(model, requests, options.calibration!, options);
+    inputs.moments = stats.moments;
+    images = stats.images;
+  }
+  const selections = selectAll(groups, inputs, settings, options);
+  const updates = compensationUpdates(inputs.index, selections, inputs.moments ?? new Map(), {
+    method: settings.compensation,
+    alpha: options.ridgeAlpha,
+  });
+  const pruned = { ...applyPruning(model, structure, selections, updates), selections };
+  logger.info(`pruned ${pruned.selections.length} groups (${images} calibration images)`);
+  return { ...pruned, report: reportOf(structure, pruned.structure, settings, images) };
+}
+
+function reportOf(
+  before: ViTStructure,
+  after: ViTStructure,
+  settings: Settings,
+  images: number,
+): PruneReport {
+  return {
+    criterion: settings.criterion,
+    scope: settings.scope,
+    compensation: settings.compensation,
+    calibrationImages: images,
+    blocks: before.blocks.map((b, i) => {
+      const a = after.blocks[i]!;
+      return {
+        mlp: [b.mlp.fc1.outFeatures, a.mlp.fc1.outFeatures],
+        heads: [b.attention.heads, a.attention.heads],
+        headDim: [b.attention.headDim, a.attention.headDim],
+      };
+    }),
+    parameters: [before.counts.parameters, after.counts.parameters],
+    macs: [before.counts.macs, after.counts.macs],
+  };
+}
+
+/** The input of every layer reading a group's channels. */
+function statisticsRequests(groups: readonly DependencyGroup[], gram: boolean) {
+  const values = new Set<string>();
+  for (const g of groups) {
+    for (const m of g.members)
+      if (m.role === 'consumer-weight' && m.layer) values.add(m.layer.input);
+  }
+  return [...values].map((value): StatisticsRequest => ({ value, gram }));
+}
+
+function selectAll(
+  groups: ReturnType<typeof groupsFor>,
+  inputs: ImportanceInputs,
+  { importance, scope }: Settings,
+  o: PruneOptions,
+): GroupSelection[] {
+  const roundTo = o.roundTo ?? 8;
+  const comparable = importance.comparable;
+  const maxRatio = (ratio: number) => o.maxRatio ?? Math.min(0.9, 2 * ratio);
+  // the most a selection can remove from a group: its share after rounding (local), the count
+  // (in some blocks), or the cap (global); criteria may stop there
+  const scoresFor = (list: DependencyGroup[], ratio: number, round: number) =>
+    list.map((g) => {
+      const local = g.units - roundKept(g.units * (1 - ratio), g.units, round);
+      const removable = scope === 'local' ? local / g.units : maxRatio(ratio);
+      return importance.score(g, { ...inputs, removable });
+    });
+  const options = (ratio: number, round: number) => ({
+    ratio,
+    scope,
+    roundTo: round,
+    comparable,
+    maxRatio: maxRatio(ratio),
+  });
+  const selections: GroupSelection[] = [];
+  if (groups.mlp.length > 0) {
+    const s = scoresFor(groups.mlp, o.mlp!, roundTo);
+    selections.push(...selectUnits(groups.mlp, s, options(o.mlp!, roundTo)));
+  }
+  if (groups.heads.length > 0) {
+    if (typeof o.heads === 'number') {
+      const s = scoresFor(groups.heads, o.heads, 1);
+      selections.push(...selectUnits(groups.heads, s, options(o.heads, 1)));
+    } else {
+      const { count, blocks } = o.heads!;
+      const s = groups.heads.map((g) =>
+        importance.score(g, { ...inputs, removable: count / g.units }),
+      );
+      selections.push(...selectInBlocks(groups.heads, s, count, blocks));
+    }
+  }
+  if (groups.headDims.length > 0) {
+    // head sizes below 32 are kept to any size: rounding 8 or 16 to a multiple of 8 prunes nothing
+    const round = Math.min(...groups.headDims.map((g) => (g.units >= 32 ? roundTo : 1)));
+    const s = scoresFor(groups.headDims, o.headDims!, round);
+    selections.push(...selectUnits(groups.headDims, s, options(o.headDims!, round)));
+  }
+  return selections.filter((s) => s.keep.length < s.group.units);
+}
