@@ -25,3 +25,11 @@ export { openModel, type LoadedModel } from './pipeline/model.js';
 export { quantizeModel, type QuantizeReport } from './pipeline/quantize.js';
 export { evaluate, type EvaluationReport } from './pipeline/evaluate.js';
 export { quantizeOptionsSchema, parseOptions } from './options.js';
+export {
+  quantizeRepQ,
+  calibrateRepQ,
+  insertRepQQuantizers,
+  type RepQOptions,
+  type RepQResult,
+  type RepQReport,
+} from './quant/methods/repq.js';

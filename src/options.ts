@@ -40,9 +40,17 @@ export const runOptionsSchema = z
 export const recipeNames = ['w8a8', 'dynamic-int8', 'int4-weights'] as const;
 export type RecipeName = (typeof recipeNames)[number];
 
+/**
+ * Simulated quantization methods: `baseline` rounds every point with the chosen observers'
+ * ranges; `repq` is RepQ-ViT (arXiv:2212.08254).
+ */
+export const methodNames = ['baseline', 'repq'] as const;
+export type MethodName = (typeof methodNames)[number];
+
 export const quantizeOptionsSchema = z
   .object({
     recipe: z.enum(recipeNames).optional(),
+    method: z.enum(methodNames).default('baseline'),
     bits: z
       .string()
       .regex(/^w[2-8]a[2-8]$/i, 'expected WxAy with x and y in 2..8, e.g. w4a4')
@@ -70,6 +78,10 @@ export const quantizeOptionsSchema = z
   .refine((o) => (o.recipe === undefined) !== (o.bits === undefined), {
     message: 'give exactly one of --recipe (deployable) or --bits (simulated)',
     path: ['recipe'],
+  })
+  .refine((o) => o.method === 'baseline' || o.bits !== undefined, {
+    message: 'a method other than baseline is simulated: give --bits WxAy with it',
+    path: ['method'],
   });
 
 export type QuantizeOptions = z.infer<typeof quantizeOptionsSchema>;
@@ -85,8 +97,107 @@ export function parseOptions<T extends z.ZodType>(
   const result = schema.safeParse(value);
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {
-    const path = issue.path.length ? issue.path.join('.') : '(root)';
-    return `${path}: ${issue.message}`;
+    return `${optionName(issue.path)}: ${issue.message}`;
   });
   throw new InputError(`invalid ${source}: ${problems.join('; ')}`);
 }
+
+/** An option path as the user typed it: `calibCount` is the flag `--calib-count`. */
+function optionName(path: readonly PropertyKey[]): string {
+  if (path.length === 0) return '(root)';
+  const [first, ...rest] = path;
+  const flag = `--${String(first).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  return [flag, ...rest.map(String)].join('.');
+}
+
+/** Width-pruning criteria (importance of a channel or head), in the names of src/prune. */
+export const criterionNames = ['l1', 'l2', 'wanda', 'variance', 'reconstruction'] as const;
+export const pruningScopes = ['local', 'global', 'isomorphic'] as const;
+export const compensationNames = ['none', 'mean', 'ridge'] as const;
+
+const fractionMessage = 'must be in [0, 1)';
+/** A share of units to remove: 0 removes nothing, 1 would remove everything. */
+const removedFraction = z.coerce.number().min(0, fractionMessage).lt(1, fractionMessage);
+
+/**
+ * Heads to remove, as `pruneModel` takes them, except `blocks: 'all'` (every block), which only
+ * the model's depth can turn into a number.
+ */
+export type HeadsFlag = number | { count: number; blocks: number[] | number | 'all' };
+
+const headsSyntax =
+  'expected a fraction in [0, 1) or COUNT@BLOCKS: 1@6 (one head in 6 blocks), 1@0,2,4 or ' +
+  '1@[6] (in those blocks), 1@all (in every block)';
+
+/** Reads `--heads`: `0.25`, `1@6`, `1@0,2,4`, `1@[6]` or `1@all`; undefined when malformed. */
+export function parseHeadsFlag(text: string): HeadsFlag | undefined {
+  const s = text.trim();
+  if (!s.includes('@')) {
+    const fraction = s === '' ? NaN : Number(s);
+    return fraction >= 0 && fraction < 1 ? fraction : undefined;
+  }
+  const [countText = '', where = ''] = s.split('@', 2);
+  const count = /^\d+$/.test(countText) ? Number(countText) : NaN;
+  if (!Number.isInteger(count)) return undefined;
+  if (where === 'all') return { count, blocks: 'all' };
+  const listed = where.startsWith('[') || where.includes(',');
+  const items = where.replace(/^\[|\]$/g, '').split(',');
+  if (items.some((item) => !/^\d+$/.test(item.trim()))) return undefined;
+  const numbers = items.map(Number);
+  return { count, blocks: listed ? numbers : numbers[0]! };
+}
+
+const headsCountSchema = z
+  .object({
+    count: z.number().int().nonnegative(),
+    blocks: z.union([
+      z.array(z.number().int().nonnegative()),
+      z.number().int().positive(),
+      z.literal('all'),
+    ]),
+  })
+  .strict();
+
+/** One transform rather than a union, so a bad value gets the syntax, not "Invalid input". */
+const headsFlag = z.unknown().transform((value, ctx): HeadsFlag => {
+  let heads: HeadsFlag | undefined;
+  if (typeof value === 'string') heads = parseHeadsFlag(value);
+  else if (typeof value === 'number') heads = value >= 0 && value < 1 ? value : undefined;
+  else heads = headsCountSchema.safeParse(value).data;
+  if (heads === undefined) {
+    ctx.addIssue({ code: 'custom', message: `${headsSyntax}; got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return heads;
+});
+
+/** What a prune (or the pruning half of compress) removes, and how it chooses and repairs. */
+export const pruneOptionsSchema = z
+  .object({
+    mlp: removedFraction.optional(),
+    heads: headsFlag.optional(),
+    headDims: removedFraction.optional(),
+    criterion: z.enum(criterionNames).optional(),
+    scope: z.enum(pruningScopes).default('local'),
+    compensation: z.enum(compensationNames).optional(),
+    maxRatio: z.coerce.number().gt(0, 'must be in (0, 1)').lt(1, 'must be in (0, 1)').optional(),
+    roundTo: positiveInt.default(8),
+    ridgeAlpha: z.coerce.number().positive().optional(),
+    calib: z.string().optional(),
+    calibCount: positiveInt.default(32),
+    seed: z.coerce.number().int().nonnegative().default(0),
+    data: z.string().optional(),
+    limit: positiveInt.optional(),
+  })
+  .strict()
+  .refine((o) => Boolean(o.mlp) || isSomeHeads(o.heads) || Boolean(o.headDims), {
+    message: 'nothing to prune: give --mlp, --heads or --head-dims',
+    path: ['mlp'],
+  });
+
+function isSomeHeads(heads: HeadsFlag | undefined): boolean {
+  if (heads === undefined) return false;
+  return typeof heads === 'number' ? heads > 0 : heads.count > 0;
+}
+
+export type PruneFlags = z.infer<typeof pruneOptionsSchema>;

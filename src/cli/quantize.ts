@@ -17,6 +17,7 @@ import { readRecipeFile } from './recipe-file.js';
 
 const quantizeKeys = [
   'recipe',
+  'method',
   'bits',
   'observer',
   'weightObserver',
@@ -41,6 +42,10 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     )
     .option('--recipe <name>', 'deployable recipe: w8a8 | dynamic-int8 | int4-weights')
     .option('--bits <WxAy>', 'simulated (fake-quant) bit widths, e.g. w4a4, w6a6, w8a8')
+    .option(
+      '--method <name>',
+      'simulated method with --bits: baseline (observers, default) | repq (RepQ-ViT)',
+    )
     .option('--observer <kind>', 'activation ranges: minmax | percentile | mse | omse')
     .option('--weight-observer <kind>', 'weight ranges: minmax | percentile | mse | omse')
     .option('--percentile <p>', 'percentile of the percentile observer (default 99.99)')

@@ -8,13 +8,14 @@ import { openDataset, sampleDataset, type PreprocessConfig } from '../data/index
 import { CalibrationError, InputError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
-import type { QuantizeOptions, RunOptions } from '../options.js';
+import type { MethodName, QuantizeOptions, RunOptions } from '../options.js';
 import { activationRanges, calibrate, defaultValues } from '../quant/calibrate.js';
 import { exportDynamic } from '../quant/deploy/dynamic.js';
 import { exportInt4 } from '../quant/deploy/int4.js';
 import { countIntegerKernels, type KernelCount } from '../quant/deploy/kernels.js';
 import { deployLayers } from '../quant/deploy/layers.js';
 import { exportQdq, qdqCalibrationValues } from '../quant/deploy/qdq.js';
+import { quantizeRepQ, type RepQResult } from '../quant/methods/repq.js';
 import type { DeployLayerRow } from '../quant/deploy/types.js';
 import type { ActivationRanges } from '../quant/types.js';
 import { excludePoints, type KeptPoint } from '../quant/quant-points.js';
@@ -48,6 +49,9 @@ export interface QuantizeReport {
   layers?: DeployLayerRow[];
   kernels?: Omit<KernelCount, 'layers'> & { layers: KernelCount['layers'] };
   simulation?: SimulationReport;
+  /** The simulated method, when not the observer baseline. */
+  method?: MethodName;
+  repq?: RepQResult['report'];
   keptFloat: KeptPoint[];
   output: { bytes: number; sha256: string; parameters: number; macs: number };
   evaluation?: EvaluationReport;
@@ -120,12 +124,9 @@ interface Product {
   report: Omit<QuantizeReport, 'output' | 'seconds' | 'evaluation'>;
 }
 
-async function calibrateValues(
-  request: QuantizeRequest,
-  values: readonly string[],
-  reporting: Reporting,
-) {
-  const { options, source, run } = request;
+/** The calibration images: a seeded sample of `--calib`, with its summary for the report. */
+async function calibrationSample(request: QuantizeRequest, reporting: Reporting) {
+  const { options, run } = request;
   if (!options.calib) {
     throw new InputError('this recipe needs calibration images: pass --calib <dir>');
   }
@@ -135,17 +136,32 @@ async function calibrateValues(
     classes: run.classes,
   });
   const sample = sampleDataset(dataset, Math.min(options.calibCount, dataset.size), options.seed);
-  const result = await calibrate(
-    source.model,
-    source.structure,
-    sample.batches(run.batch, { stage: 'calibration', onProgress: reporting.onProgress }),
-    { values, threads: run.threads, total: sample.size, seed: options.seed, ...reporting },
-  ).catch((error: unknown) => {
+  const batches = () =>
+    sample.batches(run.batch, { stage: 'calibration', onProgress: reporting.onProgress });
+  /** A calibration failure with no image decoded is the folder's fault, not the model's. */
+  const unreadable = (error: unknown): never => {
     if (sample.stats.decoded > 0 || !(error instanceof CalibrationError)) throw error;
     throw new InputError(`no readable image among the calibration images of ${options.calib}`);
-  });
+  };
+  return { sample, batches, unreadable, path: options.calib };
+}
+
+async function calibrateValues(
+  request: QuantizeRequest,
+  values: readonly string[],
+  reporting: Reporting,
+) {
+  const { options, source, run } = request;
+  const { sample, batches, unreadable, path } = await calibrationSample(request, reporting);
+  const result = await calibrate(source.model, source.structure, batches(), {
+    values,
+    threads: run.threads,
+    total: sample.size,
+    seed: options.seed,
+    ...reporting,
+  }).catch(unreadable);
   const summary: CalibrationSummary = {
-    path: options.calib,
+    path,
     images: result.images,
     seed: options.seed,
     observer: options.observer,
@@ -223,12 +239,20 @@ function deployNotes(recipe: string): string[] {
   return notes;
 }
 
+const simulatedNote =
+  'simulated (fake-quant): weights and activations are rounded to the integer grid but ' +
+  'computed in float; the accuracy is that of the quantized arithmetic, the model is ' +
+  'not faster or smaller';
+
+function bitWidths(bits: string): { weightBits: number; activationBits: number } {
+  const [weightBits, activationBits] = bits.slice(1).split('a').map(Number) as [number, number];
+  return { weightBits, activationBits };
+}
+
 async function simulated(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
   const { source, options } = request;
-  const [weightBits, activationBits] = options.bits!.slice(1).split('a').map(Number) as [
-    number,
-    number,
-  ];
+  if (options.method === 'repq') return repq(request, reporting);
+  const { weightBits, activationBits } = bitWidths(options.bits!);
   const values = defaultValues(source.structure);
   const { result, summary } = await calibrateValues(request, values, reporting);
   const simulation = simulateQuantization(source.model, source.structure, result, {
@@ -248,10 +272,45 @@ async function simulated(request: QuantizeRequest, reporting: Reporting): Promis
       calibration: summary,
       simulation: simulation.report,
       keptFloat: simulation.report.keptFloat,
+      notes: [simulatedNote],
+    },
+  };
+}
+
+/** RepQ-ViT: sequential percentile-MSE calibration, LayerNorm reparameterisation, log√2 softmax. */
+async function repq(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
+  const { source, options, run } = request;
+  const { sample, batches, unreadable, path } = await calibrationSample(request, reporting);
+  const result = await quantizeRepQ(source.model, source.structure, batches(), {
+    ...bitWidths(options.bits!),
+    keepFloat: options.keepFloat,
+    threads: run.threads,
+    logger: reporting.logger,
+    onProgress: reporting.onProgress,
+  }).catch(unreadable);
+  const { calibration } = result.report;
+  return {
+    model: result.model,
+    report: {
+      kind: 'simulated',
+      recipe: options.bits!,
+      method: 'repq',
+      calibration: {
+        path,
+        images: calibration.images,
+        seed: options.seed,
+        observer: 'percentile-mse',
+        seconds: calibration.seconds,
+        tensors: result.report.activations.length,
+      },
+      repq: result.report,
+      keptFloat: result.report.keptFloat,
       notes: [
-        'simulated (fake-quant): weights and activations are rounded to the integer grid but ' +
-          'computed in float; the accuracy is that of the quantized arithmetic, the model is ' +
-          'not faster or smaller',
+        simulatedNote,
+        `RepQ-ViT (arXiv:2212.08254): post-LayerNorm activations calibrated per channel and ` +
+          `folded into the LayerNorm and the next layer, log√2 softmax quantizer, ` +
+          `percentile-MSE initialisation, sequential calibration; no back-propagation needed. ` +
+          `Calibration used ${sample.size} images.`,
       ],
     },
   };

@@ -30,7 +30,8 @@ export function quantizeReportJson(report: QuantizeReport, context: ReportContex
 
 export function quantizeReportMarkdown(report: QuantizeReport, context: ReportContext): string {
   const parts = [
-    `# vitslim quantize: ${report.recipe} (${report.kind})`,
+    `# vitslim quantize: ${report.recipe}${report.method ? ` ${report.method}` : ''} ` +
+      `(${report.kind})`,
     `Input: \`${context.input.path}\` (${megabytes(context.input.bytes)}). ` +
       `Output: model.onnx (${megabytes(report.output.bytes)}, ` +
       `${(report.output.bytes / context.input.bytes).toFixed(3)}× the input).`,
@@ -58,6 +59,7 @@ export function quantizeReportMarkdown(report: QuantizeReport, context: ReportCo
     );
   }
   if (report.simulation) parts.push(simulationMarkdown(report));
+  if (report.repq) parts.push(repqMarkdown(report.repq));
   if (report.keptFloat.length) {
     parts.push(`Kept in float: ${report.keptFloat.map((k) => k.role).join(', ')}.`);
   }
@@ -83,4 +85,43 @@ function simulationMarkdown(report: QuantizeReport): string {
     ]),
   );
   return `## Weights\n\n${weights}\n\n## Activations\n\n${activations}`;
+}
+
+function repqMarkdown(r: NonNullable<QuantizeReport['repq']>): string {
+  const weights = markdownTable(
+    ['weight', 'bits', 'channels', 'rel. MSE'],
+    r.weights.map((w) => [w.role, w.bits, w.channels, w.relativeMse.toExponential(2)]),
+  );
+  const activations = markdownTable(
+    ['activation', 'quantizer', 'bits', 'scale', 'zero point', 'percentile', 'channels folded'],
+    r.activations.map((a) => [
+      a.roles.join(', '),
+      a.kind === 'log' ? 'log' : 'uniform',
+      a.bits,
+      a.scale.toPrecision(4),
+      a.zeroPoint?.toFixed(2),
+      a.percentile.toFixed(5),
+      a.channels
+        ? `${a.channels.count} (steps ${a.channels.scaleMin.toPrecision(3)}–` +
+          `${a.channels.scaleMax.toPrecision(3)})`
+        : undefined,
+    ]),
+  );
+  const norms = markdownTable(
+    ['LayerNorm', 'read by', 'reparameterised', 'r = Δc/Δ̃'],
+    r.norms.map((n) => [
+      n.role,
+      n.targets.join(', '),
+      n.reparameterised ? 'yes' : `no: ${n.reason ?? ''}`,
+      n.ratio ? `${n.ratio.min.toPrecision(3)}–${n.ratio.max.toPrecision(3)}` : undefined,
+    ]),
+  );
+  return [
+    `## RepQ-ViT\n\nW${r.weightBits}A${r.activationBits}, image input ${r.patchEmbedBits} bits, ` +
+      `softmax ${r.softmax}, calibration ${r.calibration.images} images in ` +
+      `${r.calibration.passes} passes, ${r.calibration.seconds.toFixed(1)} s.`,
+    `### Reparameterised LayerNorms\n\n${norms}`,
+    `### Weights\n\n${weights}`,
+    `### Activations\n\n${activations}`,
+  ].join('\n\n');
 }

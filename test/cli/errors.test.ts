@@ -136,5 +136,26 @@ describe('the CLI on bad input', () => {
     expect(errorLines(run.stderr)[0]).toMatch(/bits.*WxAy/);
     const both = await vitslim(['quantize', vitMnist, '-o', join(dir, 'o')]);
     expect(errorLines(both.stderr)[0]).toMatch(/--recipe.*--bits/);
+    const out = ['-o', join(dir, 'o')];
+    const method = await vitslim([
+      'quantize',
+      vitMnist,
+      '--recipe',
+      'w8a8',
+      '--method',
+      'repq',
+      ...out,
+    ]);
+    expect(errorLines(method.stderr)[0]).toMatch(/--method.*--bits/);
+    const count = await vitslim([
+      'quantize',
+      vitMnist,
+      '--bits',
+      'w8a8',
+      '--calib-count',
+      '0',
+      ...out,
+    ]);
+    expect(errorLines(count.stderr)[0]).toMatch(/--calib-count/);
   });
 });
