@@ -11,6 +11,7 @@ import { progressRenderer } from './progress.js';
 import { registerInspect } from './inspect.js';
 import { registerQuantize } from './quantize.js';
 import { registerEval } from './eval.js';
+import { registerPrune } from './prune.js';
 
 /** What every command gets: a logger, a progress renderer and an output stream. */
 export interface CliContext {
@@ -43,6 +44,7 @@ export function buildProgram(): Command {
   registerInspect(program, ctx);
   registerQuantize(program, ctx);
   registerEval(program, ctx);
+  registerPrune(program, ctx);
   for (const sub of program.commands) sub.exitOverride();
   return program;
 }
