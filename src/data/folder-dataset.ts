@@ -79,9 +79,7 @@ async function treeListing(root: string, options: OpenDatasetOptions): Promise<L
   const { folders } = await listFolder(root);
   const classes = await loadClassList(root, options.classes);
   if (!classes) return folderOrderListing(root, folders, options);
-  const files: string[] = [];
-  const labels: number[] = [];
-  for (const folder of folders) {
+  const listing = await listClassFolders(root, folders, (folder) => {
     const index = classIndex(classes, folder);
     if (index === undefined) {
       throw new InputError(
@@ -90,16 +88,26 @@ async function treeListing(root: string, options: OpenDatasetOptions): Promise<L
         join(root, folder),
       );
     }
+    return index;
+  });
+  return { ...listing, numClasses: classes.ids.length, classNames: classes.names };
+}
+
+/** Every image of each class folder, labelled with the folder's class index. */
+async function listClassFolders(
+  root: string,
+  folders: readonly string[],
+  classOf: (folder: string, position: number) => number,
+): Promise<Pick<Listing, 'files' | 'labels'>> {
+  const files: string[] = [];
+  const labels: number[] = [];
+  for (const [position, folder] of folders.entries()) {
+    const index = classOf(folder, position);
     const names = (await listFolder(join(root, folder))).images;
     for (const name of names) files.push(join(root, folder, name));
     labels.push(...names.map(() => index));
   }
-  return {
-    files,
-    labels: Int32Array.from(labels),
-    numClasses: classes.ids.length,
-    classNames: classes.names,
-  };
+  return { files, labels: Int32Array.from(labels) };
 }
 
 /**
@@ -119,19 +127,8 @@ async function folderOrderListing(
     );
   }
   (options.logger ?? silentLogger).info(`${root}: no class list; classes are the sorted folders`);
-  const files: string[] = [];
-  const labels: number[] = [];
-  for (const [index, folder] of folders.entries()) {
-    const names = (await listFolder(join(root, folder))).images;
-    for (const name of names) files.push(join(root, folder, name));
-    labels.push(...names.map(() => index));
-  }
-  return {
-    files,
-    labels: Int32Array.from(labels),
-    numClasses: folders.length,
-    classNames: folders,
-  };
+  const listing = await listClassFolders(root, folders, (_, position) => position);
+  return { ...listing, numClasses: folders.length, classNames: folders };
 }
 
 /** A flat folder: labels from `labels.txt`/`labels.csv` when present, else unlabelled. */

@@ -68,6 +68,15 @@ export function resolveLabels(
     const byFile = new Map([...raw].map(([file, r]) => [file, Number(r.label)]));
     return { byFile, numClasses: largest + 1 };
   }
+  const synset = labels.find((l) => /^n\d{8}$/.test(l));
+  if (synset !== undefined) {
+    // sorted-label numbering would give a subset of ImageNet the wrong class indices
+    throw new InputError(
+      `${source} labels images with synsets (${synset}) but no imagenet_classes.tsv was found ` +
+        'beside it or in its parent; pass the class list (--classes)',
+      source,
+    );
+  }
   const names = [...new Set(labels)].sort();
   const index = new Map(names.map((name, i) => [name, i]));
   const byFile = new Map([...raw].map(([file, r]) => [file, index.get(r.label)!]));

@@ -8,6 +8,7 @@
  */
 
 import { mulberry32 } from '../data/sample.js';
+import { splitAxis } from './percentile-mse.js';
 
 /** Running minimum and maximum of a tensor over every batch seen. */
 export class RunningMinMax {
@@ -340,23 +341,6 @@ export class ChannelStatistics {
       }
     }
   }
-}
-
-/** Sizes before, along and after `axis` of a tensor of shape `dims`. */
-function splitAxis(dims: readonly number[], axis: number, length: number) {
-  const a = axis < 0 ? axis + dims.length : axis;
-  if (a < 0 || a >= dims.length) {
-    throw new RangeError(`axis ${axis} is out of range for dims [${dims.join(', ')}]`);
-  }
-  let outer = 1;
-  let inner = 1;
-  for (let d = 0; d < a; d++) outer *= dims[d]!;
-  for (let d = a + 1; d < dims.length; d++) inner *= dims[d]!;
-  const channels = dims[a]!;
-  if (outer * channels * inner !== length) {
-    throw new RangeError(`dims [${dims.join(', ')}] do not match ${length} values`);
-  }
-  return { outer, channels, inner };
 }
 
 /**

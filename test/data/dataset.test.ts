@@ -128,6 +128,12 @@ describe('openDataset on flat folders', () => {
     await expect(openDataset(dir, small, { classes: tsv })).rejects.toThrow(/"unicorn"/);
   });
 
+  it('refuses synset labels when no class list can be found', async () => {
+    const dir = flatFolder([tench, hammerhead]);
+    writeFileSync(join(dir, 'labels.txt'), `${tench}\tn01440764\n${hammerhead}\tn01494475\n`);
+    await expect(openDataset(dir, small)).rejects.toThrow(/synsets.*imagenet_classes\.tsv/);
+  });
+
   it('leaves images unlabelled (−1) without a labels file', async () => {
     const dataset = await openDataset(flatFolder([tench, finch]), small);
     const [batch] = await collect(dataset, 8);

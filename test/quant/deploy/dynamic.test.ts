@@ -11,18 +11,12 @@ import {
   maxAbsDiff,
   runModel,
   TinyGraph,
+  weight,
+  weightCodes,
+  weightScales,
+  bias,
 } from './tiny.js';
 
-// per-channel scales 0.01, 0.005, 0.02; every weight an exact multiple (codes by hand)
-const weight = [
-  [1.27, 0.5, -2.54],
-  [-0.3, 0.635, 1.0],
-  [0.05, -0.2, 0.02],
-  [0.6, 0.1, -0.5],
-];
-const weightCodes = [127, 100, -127, -30, 127, 50, 5, -40, 1, 60, 20, -25];
-const weightScales = [0.01, 0.005, 0.02];
-const bias = [0.1234, -0.2468, 0.4321];
 const fc = [matmulLayer(4, 3)];
 const x = Float32Array.from({ length: 40 }, (_, i) => Math.sin(i * 1.3) * 2 + 0.5);
 

@@ -14,19 +14,12 @@ import {
   maxAbsDiff,
   runModel,
   TinyGraph,
+  weight,
+  weightCodes,
+  weightScales,
+  bias,
 } from './tiny.js';
 
-// W [4, 3]: column maxima 1.27, 0.635 and 2.54, so the per-channel scales are 0.01, 0.005 and
-// 0.02 and every weight is an exact multiple of its scale (codes below, computed by hand).
-const weight = [
-  [1.27, 0.5, -2.54],
-  [-0.3, 0.635, 1.0],
-  [0.05, -0.2, 0.02],
-  [0.6, 0.1, -0.5],
-];
-const weightCodes = [127, 100, -127, -30, 127, 50, 5, -40, 1, 60, 20, -25];
-const weightScales = [0.01, 0.005, 0.02];
-const bias = [0.1234, -0.2468, 0.4321];
 // x calibrated to [−1, 3]: uint8 scale 4/255, zero point round(1 / (4/255)) = round(63.75) = 64.
 // MatMul output calibrated to [−6, 6]: scale 12/255, zero point round(127.5) = 128 (half to even).
 const xScale = 4 / 255;

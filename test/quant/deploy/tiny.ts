@@ -167,3 +167,15 @@ export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
   return worst;
 }
+
+// W [4, 3]: column maxima 1.27, 0.635 and 2.54, so the symmetric int8 per-channel scales are
+// 0.01, 0.005 and 0.02 and every weight is an exact multiple of its scale (codes by hand).
+export const weight = [
+  [1.27, 0.5, -2.54],
+  [-0.3, 0.635, 1.0],
+  [0.05, -0.2, 0.02],
+  [0.6, 0.1, -0.5],
+];
+export const weightCodes = [127, 100, -127, -30, 127, 50, 5, -40, 1, 60, 20, -25];
+export const weightScales = [0.01, 0.005, 0.02];
+export const bias = [0.1234, -0.2468, 0.4321];
