@@ -12,6 +12,7 @@ import { registerInspect } from './inspect.js';
 import { registerQuantize } from './quantize.js';
 import { registerEval } from './eval.js';
 import { registerPrune } from './prune.js';
+import { registerCompress } from './compress.js';
 
 /** What every command gets: a logger, a progress renderer and an output stream. */
 export interface CliContext {
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   registerQuantize(program, ctx);
   registerEval(program, ctx);
   registerPrune(program, ctx);
+  registerCompress(program, ctx);
   for (const sub of program.commands) sub.exitOverride();
   return program;
 }

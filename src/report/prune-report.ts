@@ -1,15 +1,16 @@
 /**
  * report.json and report.md of a prune: what was removed (per-block widths, criterion,
  * compensation), what it saved (parameters, MACs, size) and what it cost (accuracy, agreement,
- * measured latency against the original).
+ * measured latency against the original); and those of a compress (prune, then quantize).
  */
 import type { PreprocessConfig } from '../data/index.js';
-import type { PruneFlags } from '../options.js';
+import type { PruneFlags, QuantizeOptions } from '../options.js';
+import type { CompressReport } from '../pipeline/compress.js';
 import type { PruneJobReport } from '../pipeline/prune.js';
 import type { PruneReport } from '../prune/types.js';
 import { versions } from '../version.js';
 import { evaluationMarkdown } from './evaluation.js';
-import { markdownTable, megabytes, ratio } from './markdown.js';
+import { markdownTable, megabytes, percent, ratio } from './markdown.js';
 
 export interface PruneReportContext {
   input: { path: string; bytes: number; sha256: string };
@@ -113,4 +114,90 @@ function countsMarkdown(report: PruneJobReport): string {
     ],
   ];
   return `## Size and cost\n\n${markdownTable(['', 'input', 'pruned', 'ratio'], rows)}`;
+}
+
+export interface CompressReportContext {
+  input: { path: string; bytes: number; sha256: string };
+  options: { prune: PruneFlags; quantize: QuantizeOptions };
+  preprocess: PreprocessConfig;
+}
+
+export function compressReportJson(report: CompressReport, context: CompressReportContext): string {
+  const document = {
+    tool: 'vitslim',
+    command: 'compress',
+    versions: versions(),
+    input: context.input,
+    options: context.options,
+    preprocess: context.preprocess,
+    ...report,
+  };
+  return `${JSON.stringify(document, null, 2)}\n`;
+}
+
+export function compressReportMarkdown(
+  report: CompressReport,
+  context: CompressReportContext,
+): string {
+  const q = report.quantize;
+  const parts = [
+    `# vitslim compress: ${pruneTitle(context.options.prune)} + ${q.recipe} (${q.kind})`,
+    `Input: \`${context.input.path}\` (${megabytes(context.input.bytes)}). ` +
+      `Output: model.onnx (${megabytes(report.output.bytes)}, ` +
+      `${(report.output.bytes / context.input.bytes).toFixed(3)}× the input).`,
+    ...[...report.prune.notes, ...q.notes].map((n) => `- ${n}`),
+  ];
+  if (report.prune.calibration) {
+    const c = report.prune.calibration;
+    parts.push(`Pruning calibration: ${c.images} images of \`${c.path}\` (seed ${c.seed}).`);
+  }
+  parts.push(`## What was removed\n\n${passesMarkdown(report.prune.passes)}`);
+  parts.push(`## Quantization of the pruned model\n\n${quantizeSummary(q)}`);
+  const { original, pruned, output } = report;
+  const rows = [
+    ['parameters', original.parameters, pruned.parameters, output.parameters],
+    ['MACs per image', original.macs, pruned.macs, output.macs],
+    ['file size', megabytes(original.bytes), megabytes(pruned.bytes), megabytes(output.bytes)],
+    [
+      'top-1',
+      percent(report.evaluation?.accuracy.baseline?.top1),
+      percent(pruned.evaluation?.accuracy.top1),
+      percent(report.evaluation?.accuracy.top1),
+    ],
+    [
+      'agreement with the original',
+      '–',
+      percent(pruned.evaluation?.accuracy.agreement),
+      percent(report.evaluation?.accuracy.agreement),
+    ],
+  ];
+  parts.push(
+    `## Size and cost\n\n${markdownTable(['', 'original', 'pruned (float)', 'final'], rows)}`,
+  );
+  if (report.evaluation) {
+    parts.push(
+      `## Evaluation of the final model against the original\n\n` +
+        evaluationMarkdown(report.evaluation),
+    );
+  }
+  return parts.join('\n\n') + '\n';
+}
+
+function quantizeSummary(q: CompressReport['quantize']): string {
+  const lines = [];
+  if (q.calibration) {
+    const c = q.calibration;
+    lines.push(
+      `Calibration: ${c.images} images of \`${c.path}\` (seed ${c.seed}), observer ${c.observer}.`,
+    );
+  }
+  if (q.kernels) {
+    lines.push(
+      `${q.kernels.integer} of ${q.kernels.layers.length} linear layers run as integer kernels ` +
+        `(${percent(q.kernels.fraction)}) in onnxruntime's optimised graph.`,
+    );
+  }
+  if (q.keptFloat.length)
+    lines.push(`Kept in float: ${q.keptFloat.map((k) => k.role).join(', ')}.`);
+  return lines.join(' ') || 'No details.';
 }
