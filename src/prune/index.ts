@@ -23,3 +23,12 @@ export { channelStatistics, ChannelMoments, type StatisticsRequest } from './sta
 export { ReconstructionImportance } from './reconstruction.js';
 export { applyPruning, pruningCommands, type WeightUpdates } from './surgery.js';
 export type * from './types.js';
+export {
+  applyFactorization,
+  factorizeModel,
+  layerSpectrum,
+  type FactorizeOptions,
+  type LowRankMethod,
+  type LowRankReport,
+  type LowRankResult,
+} from './low-rank.js';
