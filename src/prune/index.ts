@@ -32,3 +32,11 @@ export {
   type LowRankReport,
   type LowRankResult,
 } from './low-rank.js';
+export {
+  sparsifyModel,
+  type SparsifyOptions,
+  type SparsityMethod,
+  type SparsityReport,
+  type SparsityResult,
+} from './sparsity.js';
+export { sparseGpt, type SparseGptOptions } from './sparsegpt.js';
