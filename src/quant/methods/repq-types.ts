@@ -10,6 +10,7 @@ import type { ViTStructure } from '../../vit/types.js';
 import { repqPercentiles } from '../percentile-mse.js';
 import type { KeptPoint } from '../quant-points.js';
 import type { QuantizerSettings } from '../quantizer-commands.js';
+import type { GptqReport } from './gptq-types.js';
 
 const bits = z.number().int().min(2).max(8);
 
@@ -81,6 +82,8 @@ export interface RepQReport {
   activations: RepQActivationReport[];
   norms: RepQNormReport[];
   keptFloat: KeptPoint[];
+  /** Set when a weight method (GPTQ, ERQ) rewrote the weights after the calibration. */
+  weightMethod?: GptqReport;
 }
 
 export interface RepQCalibration {
