@@ -200,10 +200,26 @@ function widthPasses(o: PruneFlags, structure: ViTStructure): PruneOptions[] {
   return [...(Object.keys(first).length > 0 ? [first] : []), ...second];
 }
 
+/** The heads flag for this model; out-of-range blocks or counts are the user's input errors. */
 function headsOption(heads: HeadsFlag, structure: ViTStructure): HeadsOption {
   if (typeof heads === 'number') return heads;
-  const blocks = heads.blocks === 'all' ? structure.blocks.length : heads.blocks;
-  return { count: heads.count, blocks };
+  const depth = structure.blocks.length;
+  const fewest = Math.min(...structure.blocks.map((b) => b.attention.heads));
+  if (heads.count >= fewest) {
+    throw new InputError(
+      `--heads: cannot remove ${heads.count} heads from blocks of ${fewest}; at least one stays`,
+    );
+  }
+  if (heads.blocks === 'all') return { count: heads.count, blocks: depth };
+  const outside =
+    typeof heads.blocks === 'number' ? heads.blocks > depth : heads.blocks.some((b) => b >= depth);
+  if (outside) {
+    throw new InputError(
+      `--heads: the model has ${depth} blocks (0 to ${depth - 1}); got ` +
+        `${JSON.stringify(heads.blocks)}`,
+    );
+  }
+  return { count: heads.count, blocks: heads.blocks };
 }
 
 function pruneNotes(passes: readonly PruneReport[]): string[] {
