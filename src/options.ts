@@ -47,6 +47,49 @@ export type RecipeName = (typeof recipeNames)[number];
 export const methodNames = ['baseline', 'repq'] as const;
 export type MethodName = (typeof methodNames)[number];
 
+const observerKind = z.enum(['minmax', 'percentile', 'mse', 'omse']);
+const bitWidth = z.coerce.number().int().min(2).max(8);
+
+const overrideObject = z.strictObject({
+  select: z.string().min(1),
+  weightBits: bitWidth.optional(),
+  activationBits: bitWidth.optional(),
+  observer: observerKind.optional(),
+  weightObserver: observerKind.optional(),
+  percentile: z.coerce.number().gt(50).lt(100).optional(),
+});
+
+/**
+ * A per-layer override as a flag gives it: `<selector>=<setting>[,<setting>…]` where a setting
+ * is `w<bits>`, `a<bits>`, `w<bits>a<bits>`, `observer:<kind>`, `weight-observer:<kind>` or
+ * `percentile:<p>`; e.g. `blocks.*.mlp.fc2=a8`, `head=w8a8,observer:mse`.
+ */
+const overrideText = z.unknown().transform((text, ctx) => {
+  if (typeof text !== 'string') return text;
+  const at = text.lastIndexOf('=');
+  const fail = (why: string) => {
+    ctx.addIssue({ code: 'custom', message: `"${text}": ${why}` });
+    return z.NEVER;
+  };
+  if (at <= 0) return fail('expected <selector>=<settings>, e.g. blocks.*.mlp.fc2=a8');
+  const out: Record<string, unknown> = { select: text.slice(0, at) };
+  for (const item of text.slice(at + 1).split(',')) {
+    const setting = item.trim();
+    const bits = /^(?:w(\d))?(?:a(\d))?$/i.exec(setting);
+    const keyed = /^(observer|weight-observer|percentile):(.+)$/.exec(setting);
+    if (bits && (bits[1] || bits[2])) {
+      if (bits[1]) out.weightBits = bits[1];
+      if (bits[2]) out.activationBits = bits[2];
+    } else if (keyed) {
+      const key = keyed[1] === 'weight-observer' ? 'weightObserver' : keyed[1]!;
+      out[key] = keyed[2];
+    } else {
+      return fail(`unknown setting "${setting}" (w<bits>, a<bits>, observer:<kind>, …)`);
+    }
+  }
+  return out;
+});
+
 export const quantizeOptionsSchema = z
   .object({
     recipe: z.enum(recipeNames).optional(),
@@ -56,13 +99,14 @@ export const quantizeOptionsSchema = z
       .regex(/^w[2-8]a[2-8]$/i, 'expected WxAy with x and y in 2..8, e.g. w4a4')
       .transform((s) => s.toLowerCase())
       .optional(),
-    observer: z.enum(['minmax', 'percentile', 'mse', 'omse']).default('minmax'),
-    weightObserver: z.enum(['minmax', 'percentile', 'mse', 'omse']).default('minmax'),
+    observer: observerKind.default('minmax'),
+    weightObserver: observerKind.default('minmax'),
     percentile: z.coerce.number().gt(50).lt(100).default(99.99),
     calib: z.string().optional(),
     calibCount: positiveInt.default(32),
     seed: z.coerce.number().int().nonnegative().default(0),
     keepFloat: z.array(z.string()).default([]),
+    overrides: z.array(overrideText.pipe(overrideObject)).default([]),
     blockSize: z.coerce
       .number()
       .int()
@@ -78,6 +122,10 @@ export const quantizeOptionsSchema = z
   .refine((o) => (o.recipe === undefined) !== (o.bits === undefined), {
     message: 'give exactly one of --recipe (deployable) or --bits (simulated)',
     path: ['recipe'],
+  })
+  .refine((o) => o.overrides.length === 0 || (o.bits !== undefined && o.method === 'baseline'), {
+    message: 'per-layer overrides apply to simulated baseline quantization (--bits WxAy)',
+    path: ['overrides'],
   })
   .refine((o) => o.method === 'baseline' || o.bits !== undefined, {
     message: 'a method other than baseline is simulated: give --bits WxAy with it',
@@ -102,11 +150,15 @@ export function parseOptions<T extends z.ZodType>(
   throw new InputError(`invalid ${source}: ${problems.join('; ')}`);
 }
 
+/** Options whose flag is not their key in kebab case. */
+const flagAliases: Record<string, string> = { overrides: 'override' };
+
 /** An option path as the user typed it: `calibCount` is the flag `--calib-count`. */
 function optionName(path: readonly PropertyKey[]): string {
   if (path.length === 0) return '(root)';
   const [first, ...rest] = path;
-  const flag = `--${String(first).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  const key = String(first);
+  const flag = `--${flagAliases[key] ?? key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
   return [flag, ...rest.map(String)].join('.');
 }
 

@@ -26,6 +26,7 @@ const quantizeKeys = [
   'calibCount',
   'seed',
   'keepFloat',
+  'overrides',
   'blockSize',
   'data',
   'limit',
@@ -57,6 +58,11 @@ export function registerQuantize(program: Command, context: () => CliContext): v
       'layers kept in float: role globs (head, patch_embed, blocks.3, blocks.*.attn.softmax) ' +
         'or node:<regex>',
     )
+    .option(
+      '--override <spec...>',
+      'per-layer settings of a simulation, <selector>=<settings>: blocks.*.mlp.fc2=a8, ' +
+        'head=w8a8,observer:mse (w<bits>, a<bits>, observer:, weight-observer:, percentile:)',
+    )
     .option('--block-size <n>', 'int4-weights block size along K (default 32)')
     .option('--data <dir>', 'also evaluate on these labelled images against the input model')
     .option('--limit <n>', 'evaluate only the first n images')
@@ -74,6 +80,7 @@ export function registerQuantize(program: Command, context: () => CliContext): v
       const inputs = [path, flags.calib, flags.data].filter((p) => typeof p === 'string');
       checkNotInputFolder(out, inputs as string[]);
       await checkOutputFree(out, flags.force === true);
+      if (flags.override !== undefined) flags.overrides = flags.override;
       const fromFile = flags.config ? await readRecipeFile(String(flags.config)) : {};
       const options = parseOptions(
         quantizeOptionsSchema,

@@ -262,6 +262,7 @@ async function simulated(request: QuantizeRequest, reporting: Reporting): Promis
     weightObserver: options.weightObserver,
     percentile: options.percentile,
     keepFloat: options.keepFloat,
+    overrides: options.overrides,
     logger: reporting.logger,
   });
   return {

@@ -42,9 +42,12 @@ import {
 } from './observers.js';
 import {
   excludePoints,
+  parseLayerSelector,
   quantPoints,
+  selects,
   type ActivationPoint,
   type KeptPoint,
+  type QuantPoints,
   type WeightPoint,
 } from './quant-points.js';
 import type { ActivationRanges, TensorRange } from './types.js';
@@ -71,6 +74,22 @@ export const simulationOptionsSchema = z.strictObject({
   keepFloat: z.array(z.string()).default([]),
   /** `auto`: QuantizeLinear/DequantizeLinear at 8 bits, the float chain below. */
   activationForm: z.enum(['auto', 'qdq', 'float']).default('auto'),
+  /**
+   * Per-layer settings: the points a selector chooses (same syntax as keepFloat) take these
+   * values instead of the global ones; where several match, the later one wins.
+   */
+  overrides: z
+    .array(
+      z.strictObject({
+        select: z.string(),
+        weightBits: bits.optional(),
+        activationBits: bits.optional(),
+        observer: z.enum(observerKinds).optional(),
+        weightObserver: z.enum(observerKinds).optional(),
+        percentile: z.number().gt(50).max(100).optional(),
+      }),
+    )
+    .default([]),
 });
 
 export type SimulationOptions = z.input<typeof simulationOptionsSchema> & Reporting;
@@ -146,9 +165,10 @@ export function simulateQuantization(
 
   const index = new GraphIndex(model);
   const { points, kept } = excludePoints(quantPoints(structure), settings.keepFloat);
+  const settingsOf = pointSettings(settings, points);
   const names = new NameSource(index);
-  const activations = activationCommands(index, points.activations, calibration, settings, names);
-  const weights = weightPass(index, points.weights, settings, names, onProgress);
+  const activations = activationCommands(index, points.activations, calibration, settingsOf, names);
+  const weights = weightPass(index, points.weights, settingsOf, names, onProgress);
   const simulated = applyCommands(model, [...activations.commands, ...weights.commands], {
     removeUnused: weights.detached,
     context: `W${settings.weightBits}A${settings.activationBits} simulated quantization`,
@@ -172,11 +192,38 @@ export function simulateQuantization(
   return { model: simulated, report };
 }
 
+type SettingsOf = (point: ActivationPoint | WeightPoint) => Settings;
+
+/** Each point's settings: the global ones with the matching overrides applied in order. */
+function pointSettings(settings: Settings, points: QuantPoints): SettingsOf {
+  const overrides = settings.overrides.map((o) => ({
+    ...o,
+    selector: parseLayerSelector(o.select),
+  }));
+  const all = [...points.activations, ...points.weights];
+  const unused = overrides.filter((o) => !all.some((p) => selects(o.selector, p)));
+  if (unused.length > 0) {
+    throw new InputError(
+      `override selector ${unused.map((o) => `"${o.select}"`).join(', ')} matches no quantization point (roles look like ${all
+        .slice(0, 4)
+        .map((p) => p.role)
+        .join(', ')}, …)`,
+    );
+  }
+  return (point) => {
+    let out = settings;
+    for (const { selector, select: _, ...values } of overrides) {
+      if (selects(selector, point)) out = { ...out, ...values };
+    }
+    return out;
+  };
+}
+
 /** Fake-quantizes every weight; the per-channel searches take seconds on large models. */
 function weightPass(
   index: GraphIndex,
   points: readonly WeightPoint[],
-  settings: Settings,
+  settingsOf: SettingsOf,
   names: NameSource,
   onProgress: ProgressListener,
 ) {
@@ -184,7 +231,7 @@ function weightPass(
   const total = points.length;
   onProgress({ status: 'start', stage, total });
   const done = points.map((p, i) => {
-    const one = weightCommands(index, p.role, p.layer, settings, names);
+    const one = weightCommands(index, p.role, p.layer, settingsOf(p), names);
     onProgress({ status: 'advance', stage, done: i + 1, total });
     return one;
   });
@@ -247,18 +294,20 @@ function activationCommands(
   index: GraphIndex,
   points: readonly ActivationPoint[],
   calibration: CalibrationResult | ActivationRanges,
-  settings: Settings,
+  settingsOf: SettingsOf,
   names: NameSource,
 ) {
-  const grid = activationGrid(settings);
-  const observer = createObserver(settings.observer, { percentile: settings.percentile });
-  const form = chainForm(settings);
   const commands: Command[] = [];
   const reports: ActivationQuantReport[] = [];
   const chains = new Map<string, { output: string; report: ChainReport }>();
   for (const point of points) {
     let chain = chains.get(point.value);
     if (!chain) {
+      // a value read by several points is quantized once, with its first reader's settings
+      const settings = settingsOf(point);
+      const grid = activationGrid(settings);
+      const observer = createObserver(settings.observer, { percentile: settings.percentile });
+      const form = chainForm(settings);
       const { range, observed } = rangeOf(point, calibration, observer, grid);
       const params = gridParams(range, grid);
       const prefix = names.prefix(`vitslim/fq/${point.role}`);

@@ -157,5 +157,8 @@ describe('the CLI on bad input', () => {
       ...out,
     ]);
     expect(errorLines(count.stderr)[0]).toMatch(/--calib-count/);
+    const override = ['--bits', 'w4a4', '--override', 'head=x8', ...out];
+    const bad = await vitslim(['quantize', vitMnist, ...override]);
+    expect(errorLines(bad.stderr)[0]).toMatch(/--override.*"head=x8".*"x8"/);
   });
 });

@@ -128,6 +128,46 @@ describe('simulated quantization of the MNIST ViT', () => {
     );
   });
 
+  it('gives exactly the W8A8 model when an override sets every point of a W4A4 run to 8 bits', async () => {
+    const w8a8 = simulateQuantization(model, structure, calibration, {
+      weightBits: 8,
+      activationBits: 8,
+    });
+    const overridden = simulateQuantization(model, structure, calibration, {
+      weightBits: 4,
+      activationBits: 4,
+      overrides: [{ select: '**', weightBits: 8, activationBits: 8 }],
+    });
+    expect(Array.from(await logits(overridden.model, digits[0]!))).toEqual(
+      Array.from(await logits(w8a8.model, digits[0]!)),
+    );
+  });
+
+  it('applies overrides to the points their selectors choose, the later one winning', () => {
+    const { report } = simulateQuantization(model, structure, calibration, {
+      weightBits: 4,
+      activationBits: 4,
+      overrides: [
+        { select: 'blocks.*.mlp', activationBits: 6, weightBits: 6 },
+        { select: 'blocks.*.mlp.fc2', activationBits: 8 },
+      ],
+    });
+    const bitsOf = (rows: { role: string; bits: number }[], role: string) =>
+      rows.find((r) => r.role === role)!.bits;
+    expect(bitsOf(report.activations, 'blocks.0.mlp.fc1.input')).toBe(6);
+    expect(bitsOf(report.activations, 'blocks.0.mlp.fc2.input')).toBe(8);
+    expect(bitsOf(report.activations, 'blocks.0.attn.qkv.input')).toBe(4);
+    expect(bitsOf(report.weights, 'blocks.0.mlp.fc2.weight')).toBe(6);
+    expect(bitsOf(report.weights, 'blocks.0.attn.proj.weight')).toBe(4);
+    expect(() =>
+      simulateQuantization(model, structure, calibration, {
+        weightBits: 4,
+        activationBits: 4,
+        overrides: [{ select: 'blocks.*.mlp.fc9', activationBits: 8 }],
+      }),
+    ).toThrow(/fc9.*matches no quantization point/);
+  });
+
   it('refuses a weight that holds NaN, naming the initializer', () => {
     const fc1 = structure.blocks[0]!.mlp.fc1;
     const original = model.graph!.initializer.find((t) => t.name === fc1.weight)!;
