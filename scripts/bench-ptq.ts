@@ -18,6 +18,7 @@ import type { Dataset } from '../src/data/index.js';
 import { evaluateAccuracy } from '../src/eval/accuracy.js';
 import { loadModel } from '../src/onnx/model-io.js';
 import { calibrate } from '../src/quant/calibrate.js';
+import { quantizePtq4Vit } from '../src/quant/methods/ptq4vit.js';
 import { quantizeRepQ } from '../src/quant/methods/repq.js';
 import { simulateQuantization } from '../src/quant/simulate.js';
 import { recognizeViT } from '../src/vit/index.js';
@@ -27,7 +28,7 @@ const root = packageRoot();
 const fixtures = join(root, '..', 'shared', 'fixtures');
 const threads = 2;
 
-type Method = 'fp32' | 'minmax' | 'repq';
+type Method = 'fp32' | 'minmax' | 'repq' | 'ptq4vit';
 
 interface RowSpec {
   target: 'vit-tiny opset 17' | 'vit-tiny opset 13' | 'mnist vit';
@@ -56,6 +57,13 @@ const referenceTop1: Record<string, number> = {
   'repq w8a8': 81.0,
   'repq w6a6': 79.0,
   'repq w4a4': 29.6,
+};
+
+/** Published top-1 (quantized / fp32) of PTQ4ViT (notes §1(7); W4A4 as others reproduced it). */
+const publishedPtq4Vit: Record<string, string> = {
+  'ptq4vit w8a8': 'ViT-S 81.00 / 81.39',
+  'ptq4vit w6a6': 'DeiT-T 69.68 / 72.21, ViT-S 78.63 / 81.39',
+  'ptq4vit w4a4': 'DeiT-T 36.96 / 72.21, ViT-S 42.57 / 81.39',
 };
 
 /** Published top-1 (fp32 / quantized) of RepQ-ViT on DeiT-T and ViT-S (reference notes §6, §19). */
@@ -98,6 +106,10 @@ function rowSpecs(quick: boolean): RowSpec[] {
   specs.push({ target: 'vit-tiny opset 13', method: 'repq', bits: 'w4a4' });
   specs.push({ target: 'mnist vit', method: 'minmax', bits: 'w4a4' });
   specs.push({ target: 'mnist vit', method: 'repq', bits: 'w4a4' });
+  for (const bits of ['w8a8', 'w6a6', 'w4a4', 'w3a3'])
+    specs.push({ target: tiny, method: 'ptq4vit', bits });
+  specs.push({ target: 'vit-tiny opset 13', method: 'ptq4vit', bits: 'w4a4' });
+  specs.push({ target: 'mnist vit', method: 'ptq4vit', bits: 'w4a4' });
   return specs;
 }
 
@@ -115,6 +127,10 @@ async function quantized(spec: RowSpec, model: ModelProto, calib: Dataset) {
   const bits = parseBits(spec.bits);
   if (spec.method === 'repq') {
     const result = await quantizeRepQ(model, structure, calib.batches(32), { ...bits, threads });
+    return { model: result.model, seconds: (performance.now() - started) / 1000 };
+  }
+  if (spec.method === 'ptq4vit') {
+    const result = await quantizePtq4Vit(model, structure, calib.batches(32), { ...bits, threads });
     return { model: result.model, seconds: (performance.now() - started) / 1000 };
   }
   const calibration = await calibrate(model, structure, calib.batches(32), { threads });
@@ -202,7 +218,7 @@ function markdown(rows: readonly Row[]): string {
         percent(r.fp32Top1),
         percent(r.agreement),
         reference === undefined ? undefined : `${reference.toFixed(1)} %`,
-        onTiny ? publishedTop1[label(r)] : undefined,
+        onTiny ? (publishedTop1[label(r)] ?? publishedPtq4Vit[label(r)]) : undefined,
         r.calibrationSeconds === null ? undefined : `${r.calibrationSeconds.toFixed(1)} s`,
         `${Math.round(r.peakRssMb)} MB`,
         r.images,

@@ -1,0 +1,446 @@
+/**
+ * PTQ4ViT (Yuan et al., arXiv:2111.12293, ECCV 2022; reference notes §1), gradient-free:
+ *
+ * 1. Every linear layer's weight is quantized per output channel on a symmetric signed grid
+ *    (PTQ4ViT itself uses one step per weight, three for qkv; per channel is finer at no cost
+ *    in the simulated model); its input per tensor, symmetric, except the patch embedding's
+ *    (the image stays float, as in PTQ4ViT's configuration).
+ * 2. The softmax output takes the twin uniform post-softmax quantizer and post-GELU inputs the
+ *    twin post-GELU one (twin-uniform.ts); query, key and value one symmetric step per head.
+ * 3. Every step is chosen by the layer-output search (search/): for each product (linear layer,
+ *    query·key, attention·value) the candidates Δ_init · (α + i(β − α)/(n − 1)) are scored by the
+ *    distance between the float output and the output with both operands quantized, the two
+ *    operands alternating for a few rounds, weights first. Calibration is parallel, as
+ *    PTQ4ViT's: each product is searched on the float model's tensors.
+ *
+ * The distance is MSE or cosine. PTQ4ViT's paper uses a Hessian-guided distance, the output
+ * error weighted by the gradient of the task loss with respect to the output: that needs
+ * backpropagation, which onnxruntime inference does not provide (and with every layer float
+ * during the gradient pass, that gradient is nearly zero in PTQ4ViT's own code, notes §1(4)).
+ * MSE and cosine are the gradient-free forms its base configuration uses.
+ */
+import type { ModelProto } from 'onnx-buf';
+import { InputError, UnsupportedModelError } from '../../errors.js';
+import { applyCommands, type Command } from '../../graph/commands.js';
+import { GraphIndex } from '../../graph/graph.js';
+import { noProgress, silentLogger } from '../../log.js';
+import { opsetVersion } from '../../onnx/model-io.js';
+import type { CaptureBatch } from '../../runtime/capture.js';
+import type { SessionOptions } from '../../runtime/session.js';
+import type { ViTStructure } from '../../vit/types.js';
+import {
+  excludePoints,
+  quantPoints,
+  type ActivationPoint,
+  type KeptPoint,
+} from '../quant-points.js';
+import { insertQuantizers, NamePrefixes, type WeightSetting } from '../quantizer-commands.js';
+import {
+  alternatingSearch,
+  factorGrid,
+  type CandidateFamily,
+  type SearchOperand,
+} from '../search/alternating-search.js';
+import { gridChain, symmetricStep, type OperandGrid } from '../search/operand-grid.js';
+import type { CapturedTensor } from '../sequential.js';
+import { geluTwin, softmaxTwin } from '../twin-uniform.js';
+import {
+  captureOperands,
+  listProducts,
+  weightInOut,
+  type AttentionProduct,
+  type LinearProduct,
+} from './ptq4vit-products.js';
+import {
+  ptq4vitOptionsSchema,
+  type Ptq4VitActivationReport,
+  type Ptq4VitLayerReport,
+  type Ptq4VitOptions,
+  type Ptq4VitResult,
+  type Ptq4VitSettings,
+  type Ptq4VitWeightReport,
+} from './ptq4vit-types.js';
+
+export * from './ptq4vit-types.js';
+
+type Batches = AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>;
+
+/** An activation value's chosen grid and the points (edges) it quantizes. */
+interface ActivationChoice {
+  value: string;
+  points: ActivationPoint[];
+  grid: OperandGrid;
+  rank: number;
+}
+
+/** A weight's chosen per-channel steps (over its output channels) and initial steps. */
+interface WeightChoice {
+  product: LinearProduct;
+  steps: Float32Array;
+  initial: Float32Array;
+}
+
+/**
+ * PTQ4ViT end to end: the search on `batches` (held in memory; the method uses 32 images) and
+ * the fake-quant model. The input model is not modified.
+ */
+export async function quantizePtq4Vit(
+  model: ModelProto,
+  structure: ViTStructure,
+  batches: Batches,
+  options: Ptq4VitOptions,
+): Promise<Ptq4VitResult> {
+  const {
+    logger = silentLogger,
+    onProgress = noProgress,
+    threads,
+    optimization,
+    ...rest
+  } = options;
+  const settings = parseSettings(rest);
+  checkOpset(model);
+  const started = performance.now();
+  const images = await holdImages(batches);
+  const index = new GraphIndex(model);
+  const { points, kept } = excludePoints(quantPoints(structure), settings.keepFloat);
+  const products = listProducts(structure, points);
+  const session = { ...(threads ? { threads } : {}), ...(optimization ? { optimization } : {}) };
+  const operands = await captureOperands(
+    model,
+    products,
+    images,
+    { rows: settings.searchRows, images: settings.attentionImages },
+    session,
+  );
+
+  const stage = 'PTQ4ViT search';
+  onProgress({ status: 'start', stage, total: products.length });
+  const activations = new Map<string, ActivationChoice>();
+  const weights: WeightChoice[] = [];
+  const layers: Ptq4VitLayerReport[] = [];
+  for (const [i, product] of products.entries()) {
+    const search =
+      product.kind === 'linear'
+        ? searchLinear(index, product, operands, activations, weights, settings, session)
+        : searchAttention(product, operands, activations, settings, session);
+    layers.push(await search);
+    onProgress({ status: 'advance', stage, done: i + 1, total: products.length });
+  }
+  onProgress({ status: 'end', stage });
+
+  const simulated = insertChoices(model, [...activations.values()], weights, settings);
+  const seconds = (performance.now() - started) / 1000;
+  const count = images.reduce((n, b) => n + (b.dims[0] ?? 0), 0);
+  logger.info(
+    `PTQ4ViT W${settings.weightBits}A${settings.activationBits}: ${products.length} products searched (${settings.metric}, ${settings.rounds} rounds) on ${count} images, ${seconds.toFixed(1)} s`,
+  );
+  return {
+    model: simulated,
+    report: {
+      method: 'ptq4vit',
+      weightBits: settings.weightBits,
+      activationBits: settings.activationBits,
+      metric: settings.metric,
+      rounds: settings.rounds,
+      candidates: settings.candidates,
+      factorRange: settings.factorRange,
+      softmax: settings.softmax,
+      gelu: settings.gelu,
+      perHead: settings.perHead,
+      calibration: {
+        images: count,
+        searchRows: settings.searchRows,
+        attentionImages: settings.attentionImages,
+        seconds,
+      },
+      layers,
+      activations: [...activations.values()].map(activationReport),
+      weights: weights.map((w) => weightReport(w, settings.weightBits)),
+      keptFloat: [...kept, ...imageKept(structure, kept)],
+    },
+  };
+}
+
+/** The image input of the patch embedding, which PTQ4ViT leaves float. */
+function imageKept(structure: ViTStructure, kept: readonly KeptPoint[]): KeptPoint[] {
+  const role = `${structure.patchEmbed.linear.role}.input`;
+  return kept.some((k) => k.role === role) ? [] : [{ role, selector: 'ptq4vit: image float' }];
+}
+
+function parseSettings(value: unknown): Ptq4VitSettings {
+  const result = ptq4vitOptionsSchema.safeParse(value);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map(
+    (issue) => `${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`,
+  );
+  throw new InputError(`invalid PTQ4ViT options: ${problems.join('; ')}`);
+}
+
+function checkOpset(model: ModelProto): void {
+  const opset = opsetVersion(model) ?? 0;
+  if (opset < 13) {
+    throw new UnsupportedModelError(
+      `PTQ4ViT's simulated quantization needs opset ≥ 13 (Clip with inputs, Round), the model has opset ${opset}`,
+    );
+  }
+}
+
+/** The calibration batches copied out (datasets reuse their buffers), at most 8 images each. */
+async function holdImages(batches: Batches): Promise<CaptureBatch[]> {
+  const held: CaptureBatch[] = [];
+  for await (const b of batches) {
+    const n = b.dims[0] ?? 1;
+    const size = b.data.length / n;
+    for (let from = 0; from < n; from += 8) {
+      const take = Math.min(8, n - from);
+      const data = b.data.slice(from * size, (from + take) * size);
+      held.push({ data, dims: [take, ...b.dims.slice(1)] });
+    }
+  }
+  return held;
+}
+
+function maxAbs(data: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < data.length; i++) m = Math.max(m, Math.abs(data[i]!));
+  return m;
+}
+
+function maxOf(data: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < data.length; i++) m = Math.max(m, data[i]!);
+  return m;
+}
+
+/** max|x| / (2^(b−1) − ½) of each index of `axis` of a tensor. */
+function groupSteps(tensor: CapturedTensor, axis: number, bits: number): Float32Array {
+  const groups = tensor.dims[axis]!;
+  let stride = 1;
+  for (let d = axis + 1; d < tensor.dims.length; d++) stride *= tensor.dims[d]!;
+  const bounds = new Float64Array(groups);
+  const { data } = tensor;
+  for (let i = 0; i < data.length; i++) {
+    const g = Math.floor(i / stride) % groups;
+    bounds[g] = Math.max(bounds[g]!, Math.abs(data[i]!));
+  }
+  return Float32Array.from(bounds, (b) => symmetricStep(b, bits));
+}
+
+function scaled(settings: Ptq4VitSettings): CandidateFamily {
+  const [from, to] = settings.factorRange;
+  return { kind: 'scaled', factors: factorGrid(settings.candidates, from, to) };
+}
+
+/** An operand whose value already has a grid keeps it; otherwise it is searched. */
+function operandFor(
+  value: string,
+  tensor: CapturedTensor,
+  activations: ReadonlyMap<string, ActivationChoice>,
+  make: () => { initial: OperandGrid; family: CandidateFamily },
+): SearchOperand {
+  const chosen = activations.get(value);
+  if (chosen) return { tensor, initial: chosen.grid, family: { kind: 'fixed' } };
+  return { tensor, ...make() };
+}
+
+/** The input grid of a linear layer before the search. */
+function linearInput(product: LinearProduct, x: CapturedTensor, s: Ptq4VitSettings) {
+  const bits = s.activationBits;
+  // the image stays float, as in PTQ4ViT's configuration
+  if (product.input.length === 0 || product.role === 'patch_embed') {
+    return { initial: float, family: fixed };
+  }
+  if (product.postGelu && s.gelu === 'twin') {
+    const initial: OperandGrid = {
+      kind: 'twin',
+      quantizer: geluTwin(bits, symmetricStep(maxOf(x.data), bits)),
+    };
+    return { initial, family: scaled(s) };
+  }
+  const initial: OperandGrid = {
+    kind: 'uniform',
+    bits,
+    scales: Float32Array.of(symmetricStep(maxAbs(x.data), bits)),
+  };
+  return { initial, family: scaled(s) };
+}
+
+const float: OperandGrid = { kind: 'float' };
+const fixed: CandidateFamily = { kind: 'fixed' };
+
+async function searchLinear(
+  index: GraphIndex,
+  product: LinearProduct,
+  operands: ReadonlyMap<string, CapturedTensor>,
+  activations: Map<string, ActivationChoice>,
+  weights: WeightChoice[],
+  settings: Ptq4VitSettings,
+  session: SessionOptions,
+): Promise<Ptq4VitLayerReport> {
+  const x = operands.get(product.layer.input)!;
+  const w = weightInOut(index, product.role, product.layer);
+  const a = operandFor(product.layer.input, x, activations, () =>
+    linearInput(product, x, settings),
+  );
+  const initialSteps = groupSteps(w, 1, settings.weightBits);
+  const b: SearchOperand = product.weight
+    ? {
+        tensor: w,
+        initial: { kind: 'uniform', bits: settings.weightBits, scales: initialSteps, groupAxis: 1 },
+        family: scaled(settings),
+      }
+    : { tensor: w, initial: float, family: fixed };
+  const result = await alternatingSearch(a, b, { ...searchOptions(settings, session), first: 'b' });
+  if (result.a.kind !== 'float' && !activations.has(product.layer.input)) {
+    const choice = { value: product.layer.input, points: product.input, grid: result.a, rank: 2 };
+    activations.set(product.layer.input, choice);
+  }
+  if (product.weight && result.b.kind === 'uniform') {
+    weights.push({ product, steps: result.b.scales, initial: initialSteps });
+  }
+  return layerReport(product.role, settings, result);
+}
+
+function searchOptions(settings: Ptq4VitSettings, session: SessionOptions) {
+  return { metric: settings.metric, rounds: settings.rounds, ...session };
+}
+
+function layerReport(
+  role: string,
+  settings: Ptq4VitSettings,
+  result: { initialScore: number; finalScore: number; evaluations: number },
+): Ptq4VitLayerReport {
+  return {
+    role,
+    metric: settings.metric,
+    initialScore: result.initialScore,
+    finalScore: result.finalScore,
+    candidatesEvaluated: result.evaluations,
+  };
+}
+
+/** The grid of a query, key or value before the search: per head, or per tensor. */
+function headOperand(t: CapturedTensor, heads: number, s: Ptq4VitSettings) {
+  const bits = s.activationBits;
+  const perHead = s.perHead && t.dims.length === 4 && t.dims[1] === heads;
+  const initial: OperandGrid = perHead
+    ? { kind: 'uniform', bits, scales: groupSteps(t, 1, bits), groupAxis: 1 }
+    : { kind: 'uniform', bits, scales: Float32Array.of(symmetricStep(maxAbs(t.data), bits)) };
+  return { initial, family: scaled(s) };
+}
+
+/** The grid of a softmax output before the search, and its candidates. */
+function softmaxOperand(
+  t: CapturedTensor,
+  s: Ptq4VitSettings,
+): { initial: OperandGrid; family: CandidateFamily } {
+  const bits = s.activationBits;
+  if (s.softmax === 'uniform') {
+    const step = symmetricStep(maxAbs(t.data), bits);
+    return { initial: { kind: 'uniform', bits, scales: Float32Array.of(step) }, family: scaled(s) };
+  }
+  const grids = Array.from({ length: s.softmaxSplits }, (_, k): OperandGrid => ({
+    kind: 'twin',
+    quantizer: softmaxTwin(bits, k),
+  }));
+  return { initial: grids[0]!, family: { kind: 'list', grids } };
+}
+
+async function searchAttention(
+  product: AttentionProduct,
+  operands: ReadonlyMap<string, CapturedTensor>,
+  activations: Map<string, ActivationChoice>,
+  settings: Ptq4VitSettings,
+  session: SessionOptions,
+): Promise<Ptq4VitLayerReport> {
+  const side = (operand: AttentionProduct['left'], softmax: boolean): SearchOperand => {
+    const t = operands.get(operand.value)!;
+    if (operand.points.length === 0) return { tensor: t, initial: float, family: fixed };
+    return operandFor(operand.value, t, activations, () =>
+      softmax ? softmaxOperand(t, settings) : headOperand(t, product.heads, settings),
+    );
+  };
+  const a = side(product.left, product.softmax);
+  const b = side(product.right, false);
+  const result = await alternatingSearch(a, b, { ...searchOptions(settings, session), first: 'a' });
+  for (const [operand, grid, t] of [
+    [product.left, result.a, a.tensor],
+    [product.right, result.b, b.tensor],
+  ] as const) {
+    if (grid.kind === 'float' || activations.has(operand.value)) continue;
+    const rank = t.dims.length;
+    activations.set(operand.value, { value: operand.value, points: operand.points, grid, rank });
+  }
+  return layerReport(product.role, settings, result);
+}
+
+/** The fake-quant model: weights baked per channel, then every activation chain inserted. */
+function insertChoices(
+  model: ModelProto,
+  activations: readonly ActivationChoice[],
+  weights: readonly WeightChoice[],
+  settings: Ptq4VitSettings,
+): ModelProto {
+  const context = `PTQ4ViT W${settings.weightBits}A${settings.activationBits} simulated quantization`;
+  // a symmetric signed grid is the unsigned grid of the same width with zero point 2^(b−1)
+  const zeroPoint = 2 ** (settings.weightBits - 1);
+  const weightSettings = weights.map(({ product, steps }): WeightSetting => ({
+    role: product.weight!.role,
+    layer: product.layer,
+    bits: settings.weightBits,
+    params: Array.from(steps, (scale) => ({ scale, zeroPoint })),
+  }));
+  const weighted = insertQuantizers(model, { activations: [], weights: weightSettings }, context);
+  const index = new GraphIndex(weighted);
+  const names = new NamePrefixes(index);
+  const commands: Command[] = activations.flatMap((choice) => {
+    const prefix = names.prefix(`vitslim/fq/${choice.points[0]!.role}`);
+    const chain = gridChain(choice.value, prefix, [choice.grid], choice.rank);
+    return [...chain.commands, ...rewire(index, choice, chain.output)];
+  });
+  return applyCommands(weighted, commands, { removeUnused: true, context });
+}
+
+function rewire(index: GraphIndex, choice: ActivationChoice, output: string): Command[] {
+  const commands: Command[] = [];
+  for (const point of choice.points) {
+    index.node(point.node).input.forEach((input, slot) => {
+      if (input === choice.value) {
+        commands.push({ kind: 'setNodeInput', node: point.node, index: slot, value: output });
+      }
+    });
+  }
+  return commands;
+}
+
+function activationReport(choice: ActivationChoice): Ptq4VitActivationReport {
+  const { grid } = choice;
+  const base = { roles: choice.points.map((p) => p.role), value: choice.value };
+  switch (grid.kind) {
+    case 'float':
+      throw new UnsupportedModelError(`${choice.value}: a float activation has no quantizer`);
+    case 'twin': {
+      const q = grid.quantizer;
+      const kind = q.form === 'softmax' ? 'twin-softmax' : 'twin-gelu';
+      return { ...base, kind, bits: q.bits, scale: { low: q.low.scale, high: q.high.scale } };
+    }
+    case 'uniform': {
+      const steps = Array.from(grid.scales);
+      if (grid.groupAxis === undefined) {
+        return { ...base, kind: 'uniform', bits: grid.bits, scale: steps[0]! };
+      }
+      const scale = { min: Math.min(...steps), max: Math.max(...steps) };
+      return { ...base, kind: 'uniform-per-head', bits: grid.bits, scale };
+    }
+  }
+}
+
+function weightReport(choice: WeightChoice, bits: number): Ptq4VitWeightReport {
+  const factors = Array.from(choice.steps, (s, o) => s / choice.initial[o]!);
+  return {
+    role: choice.product.weight!.role,
+    bits,
+    channels: choice.steps.length,
+    factor: { min: Math.min(...factors), max: Math.max(...factors) },
+  };
+}
