@@ -196,9 +196,10 @@ type SettingsOf = (point: ActivationPoint | WeightPoint) => Settings;
 
 /** Each point's settings: the global ones with the matching overrides applied in order. */
 function pointSettings(settings: Settings, points: QuantPoints): SettingsOf {
-  const overrides = settings.overrides.map((o) => ({
-    ...o,
-    selector: parseLayerSelector(o.select),
+  const overrides = settings.overrides.map(({ select, ...values }) => ({
+    select,
+    values,
+    selector: parseLayerSelector(select),
   }));
   const all = [...points.activations, ...points.weights];
   const unused = overrides.filter((o) => !all.some((p) => selects(o.selector, p)));
@@ -212,7 +213,7 @@ function pointSettings(settings: Settings, points: QuantPoints): SettingsOf {
   }
   return (point) => {
     let out = settings;
-    for (const { selector, select: _, ...values } of overrides) {
+    for (const { selector, values } of overrides) {
       if (selects(selector, point)) out = { ...out, ...values };
     }
     return out;
