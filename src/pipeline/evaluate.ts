@@ -35,12 +35,17 @@ export interface EvaluateInput {
 export interface EvaluatedModel {
   model: ModelProto | Uint8Array;
   structure?: ViTStructure;
+  /** Counts recorded for the file by the report that made it, when there is no structure. */
+  counts?: { parameters: number; macs: number };
   fileBytes: number;
 }
 
 export interface ModelFacts {
   fileBytes: number;
-  /** Parameters and MACs of the recognised structure; null when the graph was not recognised. */
+  /**
+   * Parameters and MACs of the recognised structure, or those its report recorded for an
+   * exported model; null when neither is known.
+   */
   parameters: number | null;
   macs: number | null;
 }
@@ -60,8 +65,8 @@ export interface EvaluationReport {
 function facts(m: EvaluatedModel): ModelFacts {
   return {
     fileBytes: m.fileBytes,
-    parameters: m.structure?.counts.parameters ?? null,
-    macs: m.structure?.counts.macs ?? null,
+    parameters: m.structure?.counts.parameters ?? m.counts?.parameters ?? null,
+    macs: m.structure?.counts.macs ?? m.counts?.macs ?? null,
   };
 }
 
