@@ -10,6 +10,7 @@ import type { ViTStructure } from '../../vit/types.js';
 import { repqPercentiles } from '../percentile-mse.js';
 import type { KeptPoint } from '../quant-points.js';
 import type { QuantizerSettings } from '../quantizer-commands.js';
+import type { ErqReport } from './erq-types.js';
 import type { GptqReport } from './gptq-types.js';
 
 const bits = z.number().int().min(2).max(8);
@@ -83,7 +84,7 @@ export interface RepQReport {
   norms: RepQNormReport[];
   keptFloat: KeptPoint[];
   /** Set when a weight method (GPTQ, ERQ) rewrote the weights after the calibration. */
-  weightMethod?: GptqReport;
+  weightMethod?: GptqReport | ErqReport;
 }
 
 export interface RepQCalibration {
