@@ -34,6 +34,11 @@ export const repqOptionsSchema = z.strictObject({
   zeroPoint: z.enum(['mean', 'rounded']).default('mean'),
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
+  /**
+   * How quantizeRepQ sets the weight values on RepQ-ViT's grids: round to nearest (RepQ-ViT),
+   * GPTQ (gptq.ts) or ERQ (erq.ts, which also corrects biases and chooses the grids again).
+   */
+  weights: z.enum(['rtn', 'gptq', 'erq']).default('rtn'),
 });
 
 export type RepQOptions = z.input<typeof repqOptionsSchema> & Reporting & SessionOptions;

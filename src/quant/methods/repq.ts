@@ -17,7 +17,8 @@
  *    their calibration, as RepQ's second pass only re-initialises those weights.
  *
  * `calibrateRepQ` returns the reparameterised float model and every quantizer's setting;
- * `insertRepQQuantizers` writes them as a simulated (fake-quant) model; `quantizeRepQ` does both.
+ * `insertRepQQuantizers` writes them as a simulated (fake-quant) model; `quantizeRepQ` does both,
+ * with the weight values of `options.weights` (RepQ-ViT's rounding, GPTQ or ERQ) in between.
  */
 import type { ModelProto } from 'onnx-buf';
 import { InputError, InternalError, UnsupportedModelError } from '../../errors.js';
@@ -51,6 +52,8 @@ import {
   type WeightSetting,
 } from '../quantizer-commands.js';
 import { calibrateSequentially, type CapturedTensor, type PointGroup } from '../sequential.js';
+import { erqWeights } from './erq.js';
+import { gptqWeights } from './gptq.js';
 import { foldCommands, planFolds, reparameterisation, type NormFold } from './repq-reparam.js';
 import {
   repqOptionsSchema,
@@ -73,7 +76,27 @@ export async function quantizeRepQ(
   batches: Batches,
   options: RepQOptions,
 ): Promise<RepQResult> {
-  return insertRepQQuantizers(await calibrateRepQ(model, structure, batches, options));
+  const images = await holdImages(batches);
+  const calibration = await calibrateRepQ(model, structure, images, options);
+  return insertRepQQuantizers(await weightMethod(calibration, images, options));
+}
+
+/** The weight values chosen by `options.weights` on a calibration (as is for 'rtn'). */
+async function weightMethod(
+  calibration: RepQCalibration,
+  images: readonly CaptureBatch[],
+  options: RepQOptions,
+): Promise<RepQCalibration> {
+  const { logger, onProgress, threads, optimization } = options;
+  const run = { logger, onProgress, threads, optimization };
+  switch (options.weights ?? 'rtn') {
+    case 'rtn':
+      return calibration;
+    case 'gptq':
+      return gptqWeights(calibration, images, run);
+    case 'erq':
+      return erqWeights(calibration, images, run);
+  }
 }
 
 /**
