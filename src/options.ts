@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { InputError } from './errors.js';
+import { parseTokenSchedule } from './prune/tokens/schedule.js';
 
 const positiveInt = z.coerce.number().int().positive();
 const numberList = z.union([
@@ -223,6 +224,24 @@ const headsFlag = z.unknown().transform((value, ctx): HeadsFlag => {
   return heads;
 });
 
+/** A token schedule as `parseTokenSchedule` reads it; kept as text so reports reproduce it. */
+const tokenScheduleFlag = z.string().superRefine((text, ctx) => {
+  try {
+    parseTokenSchedule(text);
+  } catch (error) {
+    ctx.addIssue({ code: 'custom', message: (error as Error).message });
+  }
+});
+
+/** `unstructured`, `2:4` or any `n:m` with 1 ≤ n < m. */
+const sparsityPatternFlag = z
+  .string()
+  .regex(/^(unstructured|\d+:\d+)$/, 'expected unstructured, 2:4 or n:m (e.g. 4:8)')
+  .refine((s) => {
+    const [n, m] = s.split(':').map(Number);
+    return s === 'unstructured' || (n! >= 1 && n! < m!);
+  }, 'an n:m pattern keeps n of every m weights: 1 ≤ n < m');
+
 /** What a prune (or the pruning half of compress) removes, and how it chooses and repairs. */
 export const pruneOptionsSchema = z
   .object({
@@ -235,6 +254,13 @@ export const pruneOptionsSchema = z
     maxRatio: z.coerce.number().gt(0, 'must be in (0, 1)').lt(1, 'must be in (0, 1)').optional(),
     roundTo: positiveInt.default(8),
     ridgeAlpha: z.coerce.number().positive().optional(),
+    rank: z.coerce.number().gt(0, 'must be in (0, 1]').max(1, 'must be in (0, 1]').optional(),
+    rankMethod: z.enum(['svd', 'whitened']).optional(),
+    rankLayers: z.array(z.string()).optional(),
+    tokens: tokenScheduleFlag.optional(),
+    sparsity: removedFraction.optional(),
+    sparsityPattern: sparsityPatternFlag.default('unstructured'),
+    sparsityMethod: z.enum(['magnitude', 'wanda', 'sparsegpt']).optional(),
     calib: z.string().optional(),
     calibCount: positiveInt.default(32),
     seed: z.coerce.number().int().nonnegative().default(0),
@@ -242,10 +268,40 @@ export const pruneOptionsSchema = z
     limit: positiveInt.optional(),
   })
   .strict()
-  .refine((o) => Boolean(o.mlp) || isSomeHeads(o.heads) || Boolean(o.headDims), {
-    message: 'nothing to prune: give --mlp, --heads or --head-dims',
+  .refine((o) => structuralChange(o) || sparse(o), {
+    message: 'nothing to prune: give --mlp, --heads, --head-dims, --rank, --tokens or --sparsity',
     path: ['mlp'],
+  })
+  .refine((o) => !(sparse(o) && structuralChange(o)), {
+    message:
+      'sparsity is applied alone: it only zeroes weights (smaller compressed file, no speed-up), ' +
+      'while the other options change the graph',
+    path: ['sparsity'],
+  })
+  .refine((o) => o.sparsityPattern !== 'unstructured' || o.sparsity !== 0, {
+    message: 'give a sparsity above 0 or an n:m --sparsity-pattern',
+    path: ['sparsity'],
   });
+
+function structuralChange(o: {
+  mlp?: number;
+  heads?: HeadsFlag;
+  headDims?: number;
+  rank?: number;
+  tokens?: string;
+}): boolean {
+  return (
+    Boolean(o.mlp) ||
+    isSomeHeads(o.heads) ||
+    Boolean(o.headDims) ||
+    o.rank !== undefined ||
+    o.tokens !== undefined
+  );
+}
+
+function sparse(o: { sparsity?: number; sparsityPattern: string }): boolean {
+  return Boolean(o.sparsity) || o.sparsityPattern !== 'unstructured';
+}
 
 function isSomeHeads(heads: HeadsFlag | undefined): boolean {
   if (heads === undefined) return false;

@@ -26,6 +26,13 @@ export const pruneKeys = [
   'maxRatio',
   'roundTo',
   'ridgeAlpha',
+  'rank',
+  'rankMethod',
+  'rankLayers',
+  'tokens',
+  'sparsity',
+  'sparsityPattern',
+  'sparsityMethod',
   'calib',
   'calibCount',
   'seed',
@@ -57,6 +64,25 @@ export function addPruneFlags(command: Command): Command {
     .option('--max-ratio <fraction>', 'global/isomorphic: most of one block removed')
     .option('--round-to <n>', 'kept MLP channels and head dimensions are multiples of n (8)')
     .option('--ridge-alpha <x>', 'ridge strength relative to the kept channels’ variance (1e-2)')
+    .option(
+      '--rank <fraction>',
+      'low rank after width pruning: share of the chosen layers’ weights kept, in (0, 1]',
+    )
+    .option('--rank-method <name>', 'svd | whitened (default whitened with --calib, svd without)')
+    .option('--rank-layers <selector...>', 'layers to factor (role globs; default all in blocks)')
+    .option(
+      '--tokens <schedule>',
+      'token reduction, last: tome:<r>, evit:<keep>[@<block>,…], single:<r>@<block>',
+    )
+    .option(
+      '--sparsity <fraction>',
+      'zero this share of the block weights (alone; a smaller compressed file, no speed-up)',
+    )
+    .option('--sparsity-pattern <p>', 'unstructured (default) | 2:4 | n:m')
+    .option(
+      '--sparsity-method <name>',
+      'magnitude | wanda | sparsegpt (default wanda with --calib, magnitude without)',
+    )
     .option('--calib <dir>', 'calibration images (never the evaluation images)')
     .option('--calib-count <n>', 'calibration images to sample (default 32)')
     .option('--seed <n>', 'seed of the calibration sample (default 0)')
@@ -93,7 +119,10 @@ export async function prepareOutput(path: string, flags: Record<string, unknown>
 export function registerPrune(program: Command, context: () => CliContext): void {
   const command = program
     .command('prune')
-    .description('remove MLP channels, heads or head dimensions; the model gets faster')
+    .description(
+      'remove MLP channels, heads or head dimensions, factor layers, reduce tokens (faster), ' +
+        'or zero weights (smaller compressed file)',
+    )
     .argument('<model>', 'ONNX model file (never modified)')
     .requiredOption(
       '-o, --out <dir>',

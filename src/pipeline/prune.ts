@@ -10,7 +10,10 @@ import { CalibrationError, InputError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
 import type { HeadsFlag, PruneFlags, RunOptions } from '../options.js';
+import { factorizeModel, type LowRankReport } from '../prune/low-rank.js';
 import { pruneModel, type PruneOptions } from '../prune/prune.js';
+import { sparsifyModel, type SparsityReport } from '../prune/sparsity.js';
+import { parseTokenSchedule, reduceTokens, type TokenReport } from '../prune/tokens/index.js';
 import type { HeadsOption, PruneReport } from '../prune/types.js';
 import { createSession } from '../runtime/session.js';
 import type { ViTStructure } from '../vit/types.js';
@@ -33,12 +36,19 @@ export interface ModelCounts {
 }
 
 export interface PruneJobReport {
-  /** One entry per pruning pass (heads and head dimensions need a pass each). */
+  /** One entry per width-pruning pass (heads and head dimensions need a pass each). */
   passes: PruneReport[];
+  lowRank?: LowRankReport;
+  tokens?: TokenReport;
+  sparsity?: SparsityReport;
   calibration?: { path: string; images: number; seed: number };
   /** The input model, as it was. */
   original: ModelCounts & { bytes: number };
-  output: ModelCounts & { bytes: number; sha256: string };
+  /**
+   * The result; its MACs are estimated when low rank and tokens are combined (the token
+   * reduction's ratio applied to the factored model's count), and `macsEstimated` says so.
+   */
+  output: ModelCounts & { bytes: number; sha256: string; macsEstimated?: boolean };
   evaluation?: EvaluationReport;
   seconds: { prune: number; evaluate?: number };
   /** Peak resident memory of the process so far (it includes the evaluation when there is one). */
@@ -65,14 +75,17 @@ export async function pruneJob(
   await (await createSession(bytes, { threads: request.run.threads }, 'pruned model')).release();
   const report: PruneJobReport = {
     ...pruned.report,
-    output: { ...countsOf(pruned.structure), bytes: bytes.byteLength, sha256: sha256(bytes) },
+    output: { ...pruned.counts, bytes: bytes.byteLength, sha256: sha256(bytes) },
     seconds: { prune: (performance.now() - started) / 1000 },
   };
   logger.info(`pruned in ${report.seconds.prune.toFixed(1)} s`);
   if (request.options.data) {
     const t = performance.now();
-    const candidate = { model: bytes, structure: pruned.structure, fileBytes: bytes.byteLength };
-    report.evaluation = await evaluateAgainstSource(candidate, request, reporting);
+    const candidate = { model: bytes, fileBytes: bytes.byteLength };
+    report.evaluation = withCounts(
+      await evaluateAgainstSource(candidate, request, reporting),
+      pruned.counts,
+    );
     report.seconds.evaluate = (performance.now() - t) / 1000;
   }
   report.peakRssMb = Math.round(process.resourceUsage().maxRSS / 1024);
@@ -127,16 +140,32 @@ export function evaluateAgainstSource(
 
 type StagesReport = Omit<PruneJobReport, 'output' | 'seconds' | 'evaluation' | 'peakRssMb'>;
 
+/** What the stages give: the model, the last structure recognised on the way, the counts. */
+export interface PrunedStages {
+  model: ModelProto;
+  /**
+   * The structure of the width-pruned model. Low rank and token reduction rewrite the graph
+   * into a form that is no longer a plain ViT; their linear layers keep their nodes (tokens) or
+   * not (low rank), and this structure still names the blocks' tensors.
+   */
+  structure: ViTStructure;
+  counts: ModelCounts & { macsEstimated?: boolean };
+  report: StagesReport;
+}
+
 /**
- * The pruning itself, without serialising or evaluating: the width passes in order. Compress
- * runs this and quantizes its result.
+ * The pruning itself, without serialising or evaluating, in the order that keeps each step
+ * exact: width pruning, then low rank, then token reduction; or sparsity alone. Compress runs
+ * this and quantizes its result.
  */
 export async function pruneStages(
   request: PruneRequest,
   reporting: Reporting = {},
-): Promise<{ model: ModelProto; structure: ViTStructure; report: StagesReport }> {
+): Promise<PrunedStages> {
   const { source, options } = request;
   const calibration = options.calib ? await calibrationImages(request, reporting) : undefined;
+  const fail = calibration?.unreadable ?? rethrow;
+  const shared = { threads: request.run.threads, ...reporting };
   let model = source.model;
   let structure = source.structure;
   const passes: PruneReport[] = [];
@@ -145,27 +174,94 @@ export async function pruneStages(
       ...widths,
       ...pruneSettings(options),
       ...(calibration ? { calibration: calibration.batches() } : {}),
-      threads: request.run.threads,
-      ...reporting,
-    }).catch(calibration?.unreadable ?? rethrow);
+      ...shared,
+    }).catch(fail);
     ({ model, structure } = result);
     passes.push(result.report);
   }
-  const report: StagesReport = {
+  const stages: StagesReport = {
     passes,
-    ...(calibration
-      ? {
-          calibration: {
-            path: calibration.path,
-            images: passes[0]?.calibrationImages ?? 0,
-            seed: options.seed,
-          },
-        }
-      : {}),
     original: { ...countsOf(source.structure), bytes: source.fileBytes },
-    notes: pruneNotes(passes),
+    notes: [],
   };
-  return { model, structure, report };
+  let counts: PrunedStages['counts'] = countsOf(structure);
+
+  if (options.rank !== undefined) {
+    const method = options.rankMethod ?? (calibration ? 'whitened' : 'svd');
+    const result = await factorizeModel(model, structure, {
+      rank: options.rank,
+      method,
+      ...(options.rankLayers ? { layers: options.rankLayers } : {}),
+      ...(calibration && method === 'whitened' ? { calibration: calibration.batches() } : {}),
+      ...shared,
+    }).catch(fail);
+    model = result.model;
+    stages.lowRank = result.report;
+    counts = { parameters: result.report.parameters[1], macs: result.report.macs[1] };
+  }
+  if (options.tokens !== undefined) {
+    const schedule = parseTokenSchedule(options.tokens);
+    const result = tokenStep(() =>
+      reduceTokens(model, structure, schedule, { logger: reporting.logger, source: source.path }),
+    );
+    model = result.model;
+    stages.tokens = result.report;
+    const { before, after } = result.report.macs;
+    counts = stages.lowRank
+      ? { ...counts, macs: Math.round((counts.macs * after) / before), macsEstimated: true }
+      : { ...counts, macs: after };
+  }
+  if (options.sparsity || options.sparsityPattern !== 'unstructured') {
+    const result = await sparsifyModel(model, structure, {
+      ...sparsityPattern(options),
+      method: options.sparsityMethod ?? (calibration ? 'wanda' : 'magnitude'),
+      ...(calibration ? { calibration: calibration.batches() } : {}),
+      ...shared,
+    }).catch(fail);
+    model = result.model;
+    stages.sparsity = result.report;
+  }
+
+  const images = [
+    ...passes.map((p) => p.calibrationImages),
+    stages.lowRank?.calibrationImages ?? 0,
+    stages.sparsity?.calibrationImages ?? 0,
+  ];
+  if (calibration) {
+    stages.calibration = {
+      path: calibration.path,
+      images: Math.max(...images),
+      seed: options.seed,
+    };
+  }
+  stages.notes = pruneNotes(stages);
+  return { model, structure, counts, report: stages };
+}
+
+/** Token schedules that do not fit the model are the user's input errors. */
+function tokenStep<T>(reduce: () => T): T {
+  try {
+    return reduce();
+  } catch (error) {
+    if (error instanceof RangeError) throw new InputError(`--tokens: ${error.message}`);
+    throw error;
+  }
+}
+
+function sparsityPattern(o: PruneFlags) {
+  if (o.sparsityPattern === 'unstructured') {
+    return { pattern: 'unstructured' as const, sparsity: o.sparsity ?? 0 };
+  }
+  const [n, m] = o.sparsityPattern.split(':').map(Number) as [number, number];
+  const sparsity = o.sparsity ? { sparsity: o.sparsity } : {};
+  return n === 2 && m === 4
+    ? { pattern: '2:4' as const, ...sparsity }
+    : { pattern: 'N:M' as const, n, m, ...sparsity };
+}
+
+/** The evaluation with the candidate's parameters and MACs, which only the stages know. */
+export function withCounts(e: EvaluationReport, counts: ModelCounts): EvaluationReport {
+  return { ...e, candidate: { ...e.candidate, ...counts } };
 }
 
 function rethrow(error: unknown): never {
@@ -222,17 +318,36 @@ function headsOption(heads: HeadsFlag, structure: ViTStructure): HeadsOption {
   return { count: heads.count, blocks: heads.blocks };
 }
 
-function pruneNotes(passes: readonly PruneReport[]): string[] {
-  const compensated = passes.some((p) => p.compensation !== 'none');
-  return [
-    'structured pruning: the removed channels and heads are gone from the weight matrices, so ' +
-      'onnxruntime runs smaller dense MatMuls; the latency below is measured, not estimated',
-    compensated
-      ? 'what the removed units contributed on the calibration images is folded into the next ' +
-        'layer (compensation), without any training'
-      : 'no compensation: the removed units are dropped as they are (no calibration images, or ' +
-        '--compensation none); expect a larger accuracy loss',
-  ];
+function pruneNotes(stages: StagesReport): string[] {
+  const notes: string[] = [];
+  const { passes } = stages;
+  if (passes.length > 0) {
+    notes.push(
+      'structured pruning: the removed channels and heads are gone from the weight matrices, ' +
+        'so onnxruntime runs smaller dense MatMuls; the latency below is measured, not estimated',
+      passes.some((p) => p.compensation !== 'none')
+        ? 'what the removed units contributed on the calibration images is folded into the ' +
+            'next layers (compensation), without any training'
+        : 'no compensation: the removed units are dropped as they are (no calibration images, ' +
+            'or --compensation none); expect a larger accuracy loss',
+    );
+  }
+  if (stages.lowRank) {
+    notes.push(
+      `low rank (${stages.lowRank.method}): chosen layers are replaced by two thinner MatMuls ` +
+        'where that saves MACs; layers whose rank would pass the break-even stay dense',
+    );
+  }
+  if (stages.tokens) {
+    notes.push(
+      `token reduction ${stages.tokens.label} changes the graph: ${stages.tokens.addedNodes} ` +
+        'nodes merge or drop tokens inside the model, so later blocks run on fewer tokens ' +
+        `(${stages.tokens.tokens.before} → ${stages.tokens.tokens.after}); the model is no ` +
+        'longer a plain ViT for other tools, and its outputs per token are not those of the input',
+    );
+  }
+  if (stages.sparsity) notes.push(`sparsity: ${stages.sparsity.speed}`);
+  return notes;
 }
 
 /** A seeded sample of `--calib`, read anew for each pass. */

@@ -7,6 +7,9 @@ import type { PreprocessConfig } from '../data/index.js';
 import type { PruneFlags, QuantizeOptions } from '../options.js';
 import type { CompressReport } from '../pipeline/compress.js';
 import type { PruneJobReport } from '../pipeline/prune.js';
+import type { LowRankReport } from '../prune/low-rank.js';
+import type { SparsityReport } from '../prune/sparsity.js';
+import type { TokenReport } from '../prune/tokens/index.js';
 import type { PruneReport } from '../prune/types.js';
 import { versions } from '../version.js';
 import { evaluationMarkdown } from './evaluation.js';
@@ -43,7 +46,7 @@ export function pruneReportMarkdown(report: PruneJobReport, context: PruneReport
     const c = report.calibration;
     parts.push(`Calibration: ${c.images} images of \`${c.path}\` (seed ${c.seed}).`);
   }
-  parts.push(`## What was removed\n\n${passesMarkdown(report.passes)}`);
+  parts.push(`## What was removed\n\n${stagesMarkdown(report)}`);
   parts.push(countsMarkdown(report));
   if (report.evaluation) {
     parts.push(`## Evaluation against the input model\n\n${evaluationMarkdown(report.evaluation)}`);
@@ -66,12 +69,66 @@ export function pruneTitle(o: PruneFlags): string {
     parts.push(`${o.heads.count} head${o.heads.count === 1 ? '' : 's'} in ${where}`);
   }
   if (o.headDims) parts.push(`head dims ${pct(o.headDims)}`);
+  if (o.rank !== undefined) parts.push(`rank ${o.rank}`);
+  if (o.tokens !== undefined) parts.push(`tokens ${o.tokens}`);
+  if (o.sparsity || o.sparsityPattern !== 'unstructured') {
+    const share = o.sparsity ? `${pct(o.sparsity).slice(1)} ` : '';
+    parts.push(`sparsity ${share}${o.sparsityPattern}`);
+  }
   return parts.join(', ');
+}
+
+/** Every stage that ran: widths, low rank, tokens, sparsity. */
+function stagesMarkdown(s: Pick<PruneJobReport, 'passes' | 'lowRank' | 'tokens' | 'sparsity'>) {
+  const parts = s.passes.length > 0 ? [passesMarkdown(s.passes)] : [];
+  if (s.lowRank) parts.push(lowRankMarkdown(s.lowRank));
+  if (s.tokens) parts.push(tokensMarkdown(s.tokens));
+  if (s.sparsity) parts.push(sparsityMarkdown(s.sparsity));
+  return parts.join('\n\n');
+}
+
+function lowRankMarkdown(r: LowRankReport): string {
+  const rows = r.layers.map((l) => [
+    l.role,
+    `${l.inFeatures}→${l.outFeatures}`,
+    l.rank ?? 'dense',
+    l.breakEvenRank,
+    l.retainedEnergy.toFixed(3),
+  ]);
+  return [
+    `Low rank (${r.method}): ${r.rank} of the chosen layers' weights kept ` +
+      `(${r.layerParameters[0]} → ${r.layerParameters[1]} elements), ranks multiples of ` +
+      `${r.roundTo}, ${r.calibrationImages} calibration images.`,
+    markdownTable(['layer', 'shape', 'rank', 'break-even', 'energy kept'], rows),
+  ].join('\n\n');
+}
+
+function tokensMarkdown(t: TokenReport): string {
+  const rows = t.blocks.map((b) => [`blocks.${b.block}`, b.attention, b.mlp]);
+  return [
+    `Tokens ${t.label}: ${t.tokens.before} → ${t.tokens.after} at the end, MACs ` +
+      `${t.macs.before} → ${t.macs.after} (${t.addedNodes} nodes added).`,
+    markdownTable(['block', 'tokens into attention', 'tokens into MLP'], rows),
+  ].join('\n\n');
+}
+
+function sparsityMarkdown(s: SparsityReport): string {
+  const rows = s.layers.map((l) => [
+    l.role,
+    percent(l.zeros),
+    l.outputError === null ? undefined : l.outputError.toExponential(2),
+  ]);
+  return [
+    `Sparsity (${s.method}, ${s.pattern}): ${percent(s.zeros)} of the chosen weights are zero; ` +
+      `gzip size ${megabytes(s.size.gzipBytes[0])} → ${megabytes(s.size.gzipBytes[1])} ` +
+      `(${ratio(s.size.gzipRatio)}). ${s.speed}.`,
+    markdownTable(['layer', 'zeros', 'relative output error'], rows),
+  ].join('\n\n');
 }
 
 /** The per-block widths after all passes, with the settings of each pass. */
 export function passesMarkdown(passes: readonly PruneReport[]): string {
-  if (passes.length === 0) return 'Nothing was removed.';
+  if (passes.length === 0) return 'No width was pruned.';
   const first = passes[0]!;
   const last = passes[passes.length - 1]!;
   const settings = passes.map(
@@ -151,7 +208,7 @@ export function compressReportMarkdown(
     const c = report.prune.calibration;
     parts.push(`Pruning calibration: ${c.images} images of \`${c.path}\` (seed ${c.seed}).`);
   }
-  parts.push(`## What was removed\n\n${passesMarkdown(report.prune.passes)}`);
+  parts.push(`## What was removed\n\n${stagesMarkdown(report.prune)}`);
   parts.push(`## Quantization of the pruned model\n\n${quantizeSummary(q)}`);
   const { original, pruned, output } = report;
   const rows = [

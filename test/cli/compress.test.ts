@@ -112,16 +112,21 @@ describe('vitslim compress', () => {
     await session.release();
   });
 
-  it('refuses a bad quantize flag and a missing recipe in one line each', async () => {
+  it('refuses a bad quantize flag, a missing recipe and low rank in one line each', async () => {
     const out = join(await mkdtemp(join(tmpdir(), 'vitslim-compress-')), 'out');
-    const [noRecipe, badBits] = await Promise.all([
+    const [noRecipe, badBits, rank] = await Promise.all([
       vitslim(['compress', vitMnist, '--mlp', '0.3', '-o', out]),
       vitslim(['compress', vitMnist, '--mlp', '0.3', '--bits', 'w9a9', '-o', out]),
+      vitslim(['compress', vitMnist, '--rank', '0.5', '--recipe', 'dynamic-int8', '-o', out]),
     ]);
     expect(noRecipe.code).toBe(1);
     expect(errorLines(noRecipe.stderr)).toHaveLength(1);
     expect(errorLines(noRecipe.stderr)[0]).toMatch(/--recipe.*--bits/);
     expect(badBits.code).toBe(1);
     expect(errorLines(badBits.stderr)[0]).toMatch(/--bits: expected WxAy/);
+    expect(rank.code).toBe(1);
+    expect(errorLines(rank.stderr)).toEqual([
+      expect.stringMatching(/--rank cannot be combined with quantization yet/),
+    ]);
   });
 });
