@@ -48,7 +48,7 @@ export function toRows(layer: LinearLayer, data: Float32Array): Rows {
   return { in: n, out: m, data: rows };
 }
 
-function fromRows(layer: LinearLayer, rows: Rows): Float32Array {
+export function fromRows(layer: LinearLayer, rows: Rows): Float32Array {
   const { in: n, out: m, data } = rows;
   const out = new Float32Array(n * m);
   if (layer.weightLayout === 'in-out') for (let i = 0; i < n * m; i++) out[i] = data[i]!;
@@ -138,6 +138,52 @@ export function fitKept(
     for (let o = 0; o < d; o++) b[o] = b[o]! - m * weight[i * d + o]!;
   });
   return { weight, bias: b };
+}
+
+/**
+ * New rows for the kept channels ([K, out]) and bias that reproduce the target the statistics
+ * were collected with (`stats.target`): W_K ← (C_KK + λI)⁻¹ (C_Kt + λ W_K),
+ * b ← μ_t − W_Kᵀ μ_K. The target may be anything the layer should output on these inputs,
+ * e.g. what a dense model's block adds to the residual stream when the input comes from an
+ * already pruned prefix, so that the layer also corrects the error it receives.
+ */
+export function fitTarget(
+  rows: Rows,
+  kept: readonly number[],
+  stats: ChannelMoments,
+  alpha = 1e-2,
+): { weight: Float64Array; bias: Float64Array } {
+  if (!stats.gram || !stats.target) {
+    throw new CalibrationError('fitting a target needs Gram and target statistics');
+  }
+  const { in: n, out: d } = rows;
+  if (stats.target.channels !== d || stats.channels !== n) {
+    throw new RangeError(
+      `fitTarget: statistics of ${stats.channels} → ${stats.target.channels} channels for a ${n} → ${d} layer`,
+    );
+  }
+  const k = kept.length;
+  const cov = stats.covariance();
+  const cross = stats.crossCovariance();
+  const a = new Float64Array(k * k);
+  let trace = 0;
+  kept.forEach((p, i) => {
+    for (let j = 0; j < k; j++) a[i * k + j] = cov[p * n + kept[j]!]!;
+    trace += cov[p * n + p]!;
+  });
+  const lambda = Math.max((alpha * trace) / Math.max(1, k), 1e-12);
+  const rhs = new Float64Array(k * d);
+  kept.forEach((p, i) => {
+    for (let o = 0; o < d; o++) rhs[i * d + o] = cross[p * d + o]! + lambda * rows.data[p * d + o]!;
+  });
+  const weight = withShift(a, k, lambda, (shifted) => spdSolve(shifted, k, rhs, d));
+  if (!weight) throw new CalibrationError('the covariance of the kept channels is singular');
+  const mean = stats.mean();
+  const bias = stats.targetMean();
+  kept.forEach((p, i) => {
+    for (let o = 0; o < d; o++) bias[o] = bias[o]! - mean[p]! * weight[i * d + o]!;
+  });
+  return { weight, bias };
 }
 
 /**

@@ -17,6 +17,7 @@
  * ViT code does: one calibration pass serves every block.
  */
 import type { GraphIndex } from '../graph/graph.js';
+import { AblationImportance } from './ablation.js';
 import { ReconstructionImportance } from './reconstruction.js';
 import type { ChannelMoments } from './statistics.js';
 import { normalizeAxis, readConstant, type FloatData } from './tensors.js';
@@ -31,6 +32,8 @@ export interface ImportanceInputs {
    * need only order those correctly; a criterion may stop early and score the rest as kept.
    */
   removable?: number;
+  /** Ablation scores by group name (ablation.ts), for the `ablation` criterion. */
+  ablation?: ReadonlyMap<string, Float64Array>;
 }
 
 export interface Importance {
@@ -162,6 +165,8 @@ export function createImportance(name: CriterionName, alpha = 1e-2): Importance 
       return new VarianceImportance();
     case 'reconstruction':
       return new ReconstructionImportance(alpha);
+    case 'ablation':
+      return new AblationImportance();
   }
 }
 

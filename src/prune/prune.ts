@@ -13,8 +13,10 @@ import type { SessionOptions } from '../runtime/session.js';
 import type { ViTStructure } from '../vit/types.js';
 import { compensationUpdates } from './compensate.js';
 import { headDimGroup, headGroup, mlpGroup, traceContext } from './groups.js';
+import { ablationScores } from './ablation.js';
 import { createImportance, type Importance, type ImportanceInputs } from './importance.js';
 import { roundKept, selectInBlocks, selectUnits } from './selection.js';
+import { sequentialCompensation, type SequentialOptions } from './sequential.js';
 import { channelStatistics, type StatisticsRequest } from './statistics.js';
 import { applyPruning } from './surgery.js';
 import type {
@@ -52,6 +54,20 @@ export interface PruneOptions extends Reporting, SessionOptions {
    * reconstruction criterion (default 1e-2).
    */
   ridgeAlpha?: number;
+  /**
+   * Ridge compensation block after block on the activations of the model pruned so far
+   * (default false; see sequential.ts), rather than in one pass from the dense model's. The
+   * calibration images are then held in memory.
+   */
+  sequential?: boolean;
+  /** Sequential compensation: what each refitted layer reproduces (default `dense`). */
+  fitTarget?: SequentialOptions['target'];
+  /** Sequential compensation: refit the layers reading pruned channels, or every proj and fc2. */
+  refit?: SequentialOptions['refit'];
+  /** Sequential compensation: how tokens are weighted in the fit (default `norm`). */
+  tokenWeighting?: SequentialOptions['weighting'];
+  /** Images the `ablation` criterion runs per unit (default 32, the first calibration ones). */
+  ablationImages?: number;
   /** Calibration images (another split than the evaluation images); read once. */
   calibration?: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>;
 }
@@ -113,6 +129,8 @@ interface Settings {
   /** Whether activation statistics are needed, with Gram matrices. */
   statistics: boolean;
   gram: boolean;
+  /** Ridge compensation fitted block by block (sequential.ts). */
+  sequential: boolean;
 }
 
 function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Settings {
@@ -121,18 +139,21 @@ function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Setti
   const compensation = o.compensation ?? (hasCalibration ? 'ridge' : 'none');
   const importance = createImportance(criterion, o.ridgeAlpha);
   const statistics = groups.length > 0 && (importance.needsActivations || compensation !== 'none');
-  if (statistics && !hasCalibration) {
+  if ((statistics || criterion === 'ablation') && !hasCalibration) {
     throw new InputError(
       `criterion ${criterion} with compensation ${compensation} needs calibration images`,
     );
   }
+  const sequential = statistics && compensation === 'ridge' && (o.sequential ?? false);
   return {
     criterion,
     compensation,
     scope: o.scope ?? 'local',
     importance,
     statistics,
-    gram: compensation === 'ridge' || criterion === 'reconstruction',
+    // sequential compensation collects its own Gram matrices on the pruned prefix
+    gram: (compensation === 'ridge' && !sequential) || criterion === 'reconstruction',
+    sequential,
   };
 }
 
@@ -152,21 +173,60 @@ export async function pruneModel(
   const settings = settingsFor(options, all);
   const inputs: ImportanceInputs = { index: new GraphIndex(model) };
   let images = 0;
+  const held: CaptureBatch[] = [];
+  const hold = settings.sequential || settings.criterion === 'ablation';
 
   if (settings.statistics) {
     const requests = statisticsRequests(all, settings.gram);
-    const stats = await channelStatistics(model, requests, options.calibration!, options);
+    const source = hold ? holding(options.calibration!, held) : options.calibration!;
+    const stats = await channelStatistics(model, requests, source, options);
     inputs.moments = stats.moments;
     images = stats.images;
+  } else if (hold) {
+    for await (const _ of holding(options.calibration!, held)) images += _.dims[0] ?? 0;
+  }
+  if (settings.criterion === 'ablation') {
+    const few = held.slice(0, Math.ceil((options.ablationImages ?? 32) / (held[0]?.dims[0] ?? 1)));
+    inputs.ablation = await ablationScores(model, all, few, options);
   }
   const selections = selectAll(groups, inputs, settings, options);
-  const updates = compensationUpdates(inputs.index, selections, inputs.moments ?? new Map(), {
-    method: settings.compensation,
-    alpha: options.ridgeAlpha,
-  });
+  const updates = settings.sequential
+    ? await sequentialUpdates(model, structure, selections, held, options)
+    : compensationUpdates(inputs.index, selections, inputs.moments ?? new Map(), {
+        method: settings.compensation,
+        alpha: options.ridgeAlpha,
+      });
   const pruned = { ...applyPruning(model, structure, selections, updates), selections };
   logger.info(`pruned ${pruned.selections.length} groups (${images} calibration images)`);
   return { ...pruned, report: reportOf(structure, pruned.structure, settings, images) };
+}
+
+/** The batches of `source`, copied into `held` as they pass (batch buffers may be reused). */
+async function* holding(
+  source: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>,
+  held: CaptureBatch[],
+): AsyncIterable<CaptureBatch> {
+  for await (const batch of source) {
+    held.push({ data: batch.data.slice(), dims: [...batch.dims] });
+    yield batch;
+  }
+}
+
+async function sequentialUpdates(
+  model: ModelProto,
+  structure: ViTStructure,
+  selections: readonly GroupSelection[],
+  held: readonly CaptureBatch[],
+  o: PruneOptions,
+) {
+  const { updates } = await sequentialCompensation(model, structure, selections, held, {
+    ...(o.threads ? { threads: o.threads } : {}),
+    alpha: o.ridgeAlpha,
+    target: o.fitTarget,
+    refit: o.refit,
+    weighting: o.tokenWeighting,
+  });
+  return updates;
 }
 
 function reportOf(
@@ -241,7 +301,7 @@ function selectAll(
       const s = groups.heads.map((g) =>
         importance.score(g, { ...inputs, removable: count / g.units }),
       );
-      selections.push(...selectInBlocks(groups.heads, s, count, blocks));
+      selections.push(...selectInBlocks(groups.heads, s, count, blocks, comparable));
     }
   }
   if (groups.headDims.length > 0) {

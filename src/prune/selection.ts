@@ -121,16 +121,17 @@ function thresholdSelect(
 
 /**
  * Removes `count` units from some groups: the groups named by `blocks`, or the `blocks` groups
- * whose `count` weakest units have the lowest LAMP-normalised scores.
+ * whose `count` weakest units have the lowest scores (LAMP-normalised unless `comparable`).
  */
 export function selectInBlocks(
   groups: readonly DependencyGroup[],
   scores: readonly Float64Array[],
   count: number,
   blocks: readonly number[] | number,
+  comparable = false,
 ): GroupSelection[] {
   const weakest = scores.map((s) => {
-    const sorted = Array.from(lampNormalize(s)).sort((a, b) => a - b);
+    const sorted = Array.from(comparable ? s : lampNormalize(s)).sort((a, b) => a - b);
     return sorted.slice(0, count).reduce((sum, v) => sum + v, 0);
   });
   const chosen = new Set<number>();

@@ -26,12 +26,24 @@ export class ChannelMoments {
   readonly sumSquares: Float64Array;
   /** Σ xxᵀ, row-major [channels, channels], when requested. */
   readonly gram: Float64Array | undefined;
+  /**
+   * With a target t read on the same rows (what a layer reading x should output): Σ t and
+   * Σ x tᵀ, row-major [channels, target channels].
+   */
+  readonly target: { channels: number; sum: Float64Array; cross: Float64Array } | undefined;
 
-  constructor(channels: number, gram: boolean) {
+  constructor(channels: number, gram: boolean, targetChannels?: number) {
     this.channels = channels;
     this.sum = new Float64Array(channels);
     this.sumSquares = new Float64Array(channels);
     this.gram = gram ? new Float64Array(channels * channels) : undefined;
+    this.target = targetChannels
+      ? {
+          channels: targetChannels,
+          sum: new Float64Array(targetChannels),
+          cross: new Float64Array(channels * targetChannels),
+        }
+      : undefined;
   }
 
   mean(): Float64Array {
@@ -65,6 +77,26 @@ export class ChannelMoments {
         out[i * n + j] = this.gram[i * n + j]! / this.count - mi * mean[j]!;
     }
     return out;
+  }
+
+  /** The cross-covariance E[x tᵀ] − μ_x μ_tᵀ with the target, row-major [channels, target]. */
+  crossCovariance(): Float64Array {
+    if (!this.target) throw new RangeError('crossCovariance: these moments have no target');
+    const { channels: d, sum, cross } = this.target;
+    const mean = this.mean();
+    const out = new Float64Array(this.channels * d);
+    for (let i = 0; i < this.channels; i++) {
+      const mi = mean[i]!;
+      for (let o = 0; o < d; o++) {
+        out[i * d + o] = cross[i * d + o]! / this.count - (mi * sum[o]!) / this.count;
+      }
+    }
+    return out;
+  }
+
+  targetMean(): Float64Array {
+    if (!this.target) throw new RangeError('targetMean: these moments have no target');
+    return this.target.sum.map((s) => s / this.count);
   }
 }
 

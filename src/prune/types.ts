@@ -55,7 +55,7 @@ export interface GroupSelection {
 /** Ranking scopes (pruning-methods.md §2.1). */
 export type PruningScope = 'local' | 'global' | 'isomorphic';
 
-export type CriterionName = 'l1' | 'l2' | 'wanda' | 'variance' | 'reconstruction';
+export type CriterionName = 'l1' | 'l2' | 'wanda' | 'variance' | 'reconstruction' | 'ablation';
 
 export type CompensationMethod = 'none' | 'mean' | 'ridge';
 

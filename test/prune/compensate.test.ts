@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { GraphIndex } from '../../src/graph/graph.js';
-import { compensationUpdates, fitKept, toRows } from '../../src/prune/compensate.js';
+import { compensationUpdates, fitKept, fitTarget, toRows } from '../../src/prune/compensate.js';
 import { mlpGroup } from '../../src/prune/groups.js';
 import { ChannelMoments, channelStatistics } from '../../src/prune/statistics.js';
 import { applyPruning } from '../../src/prune/surgery.js';
@@ -136,5 +136,63 @@ describe('the ridge fit', () => {
       for (let i = 0; i < 3; i++) got += mean[i]! * fit.weight[i * 2 + o]!;
       expect(got).toBeCloseTo(want, 9);
     }
+  });
+});
+
+/** Moments of explicit rows with a target per row. */
+function momentsWithTarget(rows: number[][], targets: number[][]): ChannelMoments {
+  const n = rows[0]!.length;
+  const d = targets[0]!.length;
+  const m = momentsOf(rows);
+  const withTarget = new ChannelMoments(n, true, d);
+  withTarget.count = m.count;
+  withTarget.sum.set(m.sum);
+  withTarget.sumSquares.set(m.sumSquares);
+  withTarget.gram!.set(m.gram!);
+  rows.forEach((x, r) => {
+    const t = targets[r]!;
+    t.forEach((v, o) => {
+      withTarget.target!.sum[o] = withTarget.target!.sum[o]! + v;
+      x.forEach(
+        (xi, i) =>
+          (withTarget.target!.cross[i * d + o] = withTarget.target!.cross[i * d + o]! + xi * v),
+      );
+    });
+  });
+  return withTarget;
+}
+
+describe('the ridge fit to a target', () => {
+  const rows = Array.from({ length: 60 }, (_, r) => [
+    Math.sin(r * 1.3),
+    Math.cos(r * 0.7),
+    Math.sin(r * 0.31) * 2,
+    Math.cos(r * 2.1) * 0.5,
+  ]);
+  // a target the kept channels 0..2 give exactly: t = [x0 − 2·x2 + 1, 0.5·x1 + x2 − 3]
+  const targets = rows.map((x) => [x[0]! - 2 * x[2]! + 1, 0.5 * x[1]! + x[2]! - 3]);
+  const layer = { inFeatures: 4, outFeatures: 2, weightLayout: 'in-out' as const };
+  const weight = toRows(layer as Parameters<typeof toRows>[0], new Float32Array(8).fill(0.3));
+
+  it('reproduces a target that is affine in the kept channels', () => {
+    const fit = fitTarget(weight, [0, 1, 2], momentsWithTarget(rows, targets), 1e-12);
+    rows.forEach((x, r) => {
+      for (let o = 0; o < 2; o++) {
+        let got = fit.bias[o]!;
+        for (let i = 0; i < 3; i++) got += x[i]! * fit.weight[i * 2 + o]!;
+        expect(got).toBeCloseTo(targets[r]![o]!, 6);
+      }
+    });
+  });
+
+  it('with a strong ridge stays at the current weights', () => {
+    const fit = fitTarget(weight, [0, 1, 2], momentsWithTarget(rows, targets), 1e9);
+    for (const w of fit.weight) expect(w).toBeCloseTo(0.3, 6);
+  });
+
+  it('refuses statistics collected for another layer shape', () => {
+    expect(() => fitTarget(weight, [0, 1], momentsWithTarget(rows, rows), 1e-3)).toThrow(
+      /fitTarget/,
+    );
   });
 });
