@@ -4,6 +4,7 @@ import {
   bestCandidates,
   productDims,
   scoreCandidates,
+  SearchSessions,
 } from '../../src/quant/search/product-search.js';
 import { softmaxTwin, twinFakeQuantize } from '../../src/quant/twin-uniform.js';
 import { fakeQuantize, intRange } from '../../src/quant/uniform.js';
@@ -170,5 +171,29 @@ describe('layer-output scale search engine', () => {
     expect(productDims([7, 3], [3, 4])).toEqual([7, 4]);
     expect(productDims([2, 3, 5, 4], [2, 3, 4, 5])).toEqual([2, 3, 5, 5]);
     expect(() => productDims([7, 3], [4, 4])).toThrow(RangeError);
+  });
+});
+
+describe('search sessions shared between evaluations', () => {
+  it('give the scores of separate sessions, grouped or not, whatever the order', async () => {
+    const w = tensor([8, 4], 9, 0.5);
+    const x = tensor([20, 8], 10, 2);
+    const other = uniform(4, [0.3]);
+    const grouped = [0.02, 0.05].map((s) => uniform(4, [s, s, 2 * s, 2 * s], 1));
+    const evaluations = [
+      { side: 'b', candidates: grouped, other, metric: 'mse', groupAxis: 1 },
+      { side: 'b', candidates: grouped.slice(0, 1), other, metric: 'mse' },
+      { side: 'b', candidates: grouped, other, metric: 'cosine', groupAxis: 1 },
+    ] as const;
+    const sessions = new SearchSessions();
+    try {
+      for (const e of evaluations) {
+        const shared = await scoreCandidates(x, w, e, { sessions });
+        const alone = await scoreCandidates(x, w, e);
+        expect(shared.map((s) => Array.from(s))).toEqual(alone.map((s) => Array.from(s)));
+      }
+    } finally {
+      await sessions.release();
+    }
   });
 });

@@ -34,7 +34,7 @@ import {
   type ActivationPoint,
   type KeptPoint,
 } from '../quant-points.js';
-import { insertQuantizers, NamePrefixes, type WeightSetting } from '../quantizer-commands.js';
+import { NamePrefixes, weightCommands, type WeightSetting } from '../quantizer-commands.js';
 import {
   alternatingSearch,
   factorGrid,
@@ -374,7 +374,7 @@ async function searchAttention(
   return layerReport(product.role, settings, result);
 }
 
-/** The fake-quant model: weights baked per channel, then every activation chain inserted. */
+/** The fake-quant model: weights baked per channel and every activation chain, in one rewrite. */
 function insertChoices(
   model: ModelProto,
   activations: readonly ActivationChoice[],
@@ -382,6 +382,8 @@ function insertChoices(
   settings: Ptq4VitSettings,
 ): ModelProto {
   const context = `PTQ4ViT W${settings.weightBits}A${settings.activationBits} simulated quantization`;
+  const index = new GraphIndex(model);
+  const names = new NamePrefixes(index);
   // a symmetric signed grid is the unsigned grid of the same width with zero point 2^(b−1)
   const zeroPoint = 2 ** (settings.weightBits - 1);
   const weightSettings = weights.map(({ product, steps }): WeightSetting => ({
@@ -390,15 +392,15 @@ function insertChoices(
     bits: settings.weightBits,
     params: Array.from(steps, (scale) => ({ scale, zeroPoint })),
   }));
-  const weighted = insertQuantizers(model, { activations: [], weights: weightSettings }, context);
-  const index = new GraphIndex(weighted);
-  const names = new NamePrefixes(index);
-  const commands: Command[] = activations.flatMap((choice) => {
-    const prefix = names.prefix(`vitslim/fq/${choice.points[0]!.role}`);
-    const chain = gridChain(choice.value, prefix, [choice.grid], choice.rank);
-    return [...chain.commands, ...rewire(index, choice, chain.output)];
-  });
-  return applyCommands(weighted, commands, { removeUnused: true, context });
+  const commands: Command[] = [
+    ...activations.flatMap((choice) => {
+      const prefix = names.prefix(`vitslim/fq/${choice.points[0]!.role}`);
+      const chain = gridChain(choice.value, prefix, [choice.grid], choice.rank);
+      return [...chain.commands, ...rewire(index, choice, chain.output)];
+    }),
+    ...weightSettings.flatMap((w) => weightCommands(index, names, w).commands),
+  ];
+  return applyCommands(model, commands, { removeUnused: true, context });
 }
 
 function rewire(index: GraphIndex, choice: ActivationChoice, output: string): Command[] {

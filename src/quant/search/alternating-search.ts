@@ -16,6 +16,7 @@ import type { OperandGrid } from './operand-grid.js';
 import {
   bestCandidates,
   scoreCandidates,
+  SearchSessions,
   type SearchEngineOptions,
   type SearchMetric,
 } from './product-search.js';
@@ -57,6 +58,19 @@ export function factorGrid(count: number, from: number, to: number): number[] {
 
 /** Searches the operands of A·B in alternating rounds. */
 export async function alternatingSearch(
+  a: SearchOperand,
+  b: SearchOperand,
+  options: AlternatingOptions,
+): Promise<AlternatingResult> {
+  const sessions = new SearchSessions(options);
+  try {
+    return await alternate(a, b, { ...options, sessions });
+  } finally {
+    await sessions.release();
+  }
+}
+
+async function alternate(
   a: SearchOperand,
   b: SearchOperand,
   options: AlternatingOptions,

@@ -24,11 +24,16 @@
  * so each group can take its own candidate.
  */
 import { create } from '@bufbuild/protobuf';
-import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema } from 'onnx-buf';
+import {
+  GraphProtoSchema,
+  ModelProtoSchema,
+  OperatorSetIdProtoSchema,
+  type ModelProto,
+} from 'onnx-buf';
 import { makeNode } from '../../graph/attributes.js';
 import { applyCommands, valueInfo, type Command } from '../../graph/commands.js';
-import { DataType, int64Tensor } from '../../onnx/tensor.js';
-import { createSession, floatInput, type SessionOptions } from '../../runtime/session.js';
+import { DataType, int64Tensor, readFloat32, tensorDims } from '../../onnx/tensor.js';
+import { createSession, floatInput, type ort, type SessionOptions } from '../../runtime/session.js';
 import type { CapturedTensor } from '../sequential.js';
 import { gridChain, type OperandGrid } from './operand-grid.js';
 
@@ -49,6 +54,34 @@ export interface CandidateEvaluation {
 export interface SearchEngineOptions extends SessionOptions {
   /** Most floats of the stacked candidate outputs computed at once (default 2^24). */
   budget?: number;
+  /** Sessions kept between evaluations of the same graph form (the caller releases them). */
+  sessions?: SearchSessions;
+}
+
+/**
+ * onnxruntime sessions of evaluation graphs, by graph form. The quantizer parameters are graph
+ * inputs, so the evaluations of one product's rounds and chunks share a session: creating one
+ * costs more than a small layer's whole evaluation.
+ */
+export class SearchSessions {
+  private readonly sessions = new Map<string, Promise<ort.InferenceSession>>();
+
+  constructor(private readonly options: SessionOptions = {}) {}
+
+  get(key: string, build: () => ModelProto): Promise<ort.InferenceSession> {
+    let session = this.sessions.get(key);
+    if (!session) {
+      session = createSession(build(), this.options, 'scale search graph');
+      this.sessions.set(key, session);
+    }
+    return session;
+  }
+
+  async release(): Promise<void> {
+    const all = [...this.sessions.values()];
+    this.sessions.clear();
+    for (const s of all) await (await s).release();
+  }
 }
 
 /**
@@ -110,14 +143,17 @@ async function scoreChunk(
   b: CapturedTensor,
   evaluation: CandidateEvaluation,
   outDims: readonly number[],
-  options: SessionOptions,
+  options: SearchEngineOptions,
 ): Promise<Float64Array[]> {
-  const model = evaluationModel(a.dims, b.dims, evaluation, outDims.length);
-  const session = await createSession(model, options, 'scale search graph');
+  const graph = evaluationGraph(a.dims, b.dims, evaluation, outDims.length);
+  const own = options.sessions ? undefined : new SearchSessions(options);
+  const sessions = options.sessions ?? own!;
   try {
+    const session = await sessions.get(graph.key, graph.build);
     const result = await session.run({
       a: floatInput(a.data, a.dims),
       b: floatInput(b.data, b.dims),
+      ...graph.feeds,
     });
     const read = (name: string) => result[name]!.data as Float32Array;
     const n = evaluation.candidates.length;
@@ -128,7 +164,7 @@ async function scoreChunk(
       for (let g = 0; g < groups; g++) out[g]![i] = score(i * groups + g, g);
     return out;
   } finally {
-    await session.release();
+    await own?.release();
   }
 }
 
@@ -147,10 +183,11 @@ function cosineScore(read: (name: string) => Float32Array) {
 }
 
 /**
- * The graph of one evaluation: inputs a and b, outputs the reductions of the candidates'
- * products over every axis but the candidate axis (and the group axis).
+ * The graph of one evaluation: inputs a and b and the quantizers' parameters, outputs the
+ * reductions of the candidates' products over every axis but the candidate axis (and the group
+ * axis). `key` names the graph's form: evaluations differing only in parameter values share it.
  */
-function evaluationModel(
+function evaluationGraph(
   aDims: readonly number[],
   bDims: readonly number[],
   evaluation: CandidateEvaluation,
@@ -164,6 +201,43 @@ function evaluationModel(
   const fixed = gridChain(otherSide, `search/${otherSide}`, [other], otherRank);
   const [qa, qb] = side === 'a' ? [stacked.output, fixed.output] : [fixed.output, stacked.output];
 
+  // the quantizers' parameter tensors become inputs fed at run time
+  const feeds: Record<string, ort.Tensor> = {};
+  const inputs: Command[] = [];
+  for (const command of [...stacked.commands, ...fixed.commands]) {
+    if (command.kind !== 'addInitializer') inputs.push(command);
+    else
+      feeds[command.tensor.name] = floatInput(
+        readFloat32(command.tensor),
+        tensorDims(command.tensor),
+      );
+  }
+  const commands = [...inputs, ...reductionCommands(qa, qb, metric, outRank, groupAxis)];
+  const form = commands.map((c) =>
+    c.kind === 'addNode' ? `${c.node.opType}(${c.node.input.join()})` : c.kind,
+  );
+  const parameterRanks = Object.entries(feeds).map(([name, t]) => `${name}:${t.dims.length}`);
+  // the reductions' axes follow the group axis, which the node list alone does not show
+  const key = JSON.stringify([aDims, bDims, form, parameterRanks, metric, groupAxis ?? null]);
+  const build = () => {
+    const declared = Object.keys(feeds).map((name) => valueInfo(name, DataType.FLOAT));
+    const outputs = metric === 'mse' ? ['error'] : ['dot', 'quantized_energy', 'target_energy'];
+    const exposed = outputs.map((name): Command => ({ kind: 'addOutput', name }));
+    return applyCommands(emptyGraph(aDims, bDims, declared), [...commands, ...exposed], {
+      context: 'scale search graph',
+    });
+  };
+  return { key, feeds, build };
+}
+
+/** The target and quantized products and their reductions to scores. */
+function reductionCommands(
+  qa: string,
+  qb: string,
+  metric: SearchMetric,
+  outRank: number,
+  groupAxis?: number,
+): Command[] {
   // the stacked output has a leading candidate axis that the target lacks
   const kept = groupAxis === undefined ? [] : [groupAxis];
   const targetAxes = range(outRank).filter((i) => !kept.includes(i));
@@ -174,39 +248,36 @@ function evaluationModel(
   });
   const reduceSquare = (input: string, output: string, axes: number[]) =>
     op('ReduceSumSquare', [input], output, { axes, keepdims: 0 });
-  const commands: Command[] = [
-    ...stacked.commands,
-    ...fixed.commands,
-    op('MatMul', ['a', 'b'], 'target'),
-    op('MatMul', [qa, qb], 'quantized'),
-  ];
-  const outputs = metric === 'mse' ? ['error'] : ['dot', 'quantized_energy', 'target_energy'];
+  const products = [op('MatMul', ['a', 'b'], 'target'), op('MatMul', [qa, qb], 'quantized')];
   if (metric === 'mse') {
-    commands.push(op('Sub', ['quantized', 'target'], 'difference'));
-    commands.push(reduceSquare('difference', 'error', stackedAxes));
-  } else {
-    commands.push(
-      {
-        kind: 'addInitializer',
-        tensor: int64Tensor('dot_axes', [stackedAxes.length], stackedAxes),
-      },
-      op('Mul', ['quantized', 'target'], 'product'),
-      op('ReduceSum', ['product', 'dot_axes'], 'dot', { keepdims: 0 }),
-      reduceSquare('quantized', 'quantized_energy', stackedAxes),
-      reduceSquare('target', 'target_energy', targetAxes),
-    );
+    return [
+      ...products,
+      op('Sub', ['quantized', 'target'], 'difference'),
+      reduceSquare('difference', 'error', stackedAxes),
+    ];
   }
-  const exposed = outputs.map((name): Command => ({ kind: 'addOutput', name }));
-  return applyCommands(emptyGraph(aDims, bDims), [...commands, ...exposed], {
-    context: 'scale search graph',
-  });
+  return [
+    ...products,
+    {
+      kind: 'addInitializer',
+      tensor: int64Tensor('dot_axes', [stackedAxes.length], stackedAxes),
+    },
+    op('Mul', ['quantized', 'target'], 'product'),
+    op('ReduceSum', ['product', 'dot_axes'], 'dot', { keepdims: 0 }),
+    reduceSquare('quantized', 'quantized_energy', stackedAxes),
+    reduceSquare('target', 'target_energy', targetAxes),
+  ];
 }
 
 function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
 }
 
-function emptyGraph(aDims: readonly number[], bDims: readonly number[]) {
+function emptyGraph(
+  aDims: readonly number[],
+  bDims: readonly number[],
+  parameters: ReturnType<typeof valueInfo>[],
+) {
   return create(ModelProtoSchema, {
     irVersion: 8n,
     opsetImport: [create(OperatorSetIdProtoSchema, { domain: '', version: 17n })],
@@ -216,6 +287,7 @@ function emptyGraph(aDims: readonly number[], bDims: readonly number[]) {
       input: [
         valueInfo('a', DataType.FLOAT, [...aDims]),
         valueInfo('b', DataType.FLOAT, [...bDims]),
+        ...parameters,
       ],
     }),
   });
