@@ -33,3 +33,13 @@ export {
   type RepQResult,
   type RepQReport,
 } from './quant/methods/repq.js';
+export {
+  pruneJob,
+  pruneStages,
+  type PruneRequest,
+  type PruneJobReport,
+  type PruneJobResult,
+} from './pipeline/prune.js';
+export { compressModel, type CompressRequest, type CompressReport } from './pipeline/compress.js';
+export { pruneOptionsSchema, parseHeadsFlag, type PruneFlags } from './options.js';
+export { pruneModel, type PruneOptions, type PruneResult } from './prune/prune.js';

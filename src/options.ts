@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { InputError } from './errors.js';
 import { parseTokenSchedule } from './prune/tokens/schedule.js';
+import type { CompensationMethod, CriterionName } from './prune/types.js';
 
 const positiveInt = z.coerce.number().int().positive();
 const numberList = z.union([
@@ -164,9 +165,19 @@ function optionName(path: readonly PropertyKey[]): string {
 }
 
 /** Width-pruning criteria (importance of a channel or head), in the names of src/prune. */
-export const criterionNames = ['l1', 'l2', 'wanda', 'variance', 'reconstruction'] as const;
+export const criterionNames = [
+  'l1',
+  'l2',
+  'wanda',
+  'variance',
+  'reconstruction',
+] as const satisfies readonly CriterionName[];
 export const pruningScopes = ['local', 'global', 'isomorphic'] as const;
-export const compensationNames = ['none', 'mean', 'ridge'] as const;
+export const compensationNames = [
+  'none',
+  'mean',
+  'ridge',
+] as const satisfies readonly CompensationMethod[];
 
 const fractionMessage = 'must be in [0, 1)';
 /** A share of units to remove: 0 removes nothing, 1 would remove everything. */
