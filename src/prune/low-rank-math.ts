@@ -258,3 +258,18 @@ export function allocateRanks(
     return { cost: i * o - a.rank * (i + o), gain: left / norm };
   }
 }
+
+/**
+ * The same fraction of parameters in every layer: k = rank·in·out / (in + out), rounded down to
+ * a multiple of `roundTo` (at least `roundTo`); undefined (dense) beyond break-even.
+ */
+export function uniformRanks(
+  requests: readonly RankRequest[],
+  rank: number,
+  roundTo: number,
+): (number | undefined)[] {
+  return requests.map(({ inFeatures: i, outFeatures: o }) => {
+    const k = Math.max(roundTo, Math.floor((rank * i * o) / (i + o) / roundTo) * roundTo);
+    return k <= breakEvenRank(i, o, roundTo) ? k : undefined;
+  });
+}

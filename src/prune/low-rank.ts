@@ -11,7 +11,7 @@
  * `countParameters` and `countMacs`, which read any graph, and the result carries no structure
  * map. Evaluation (accuracy, latency) runs any model and needs none.
  */
-import type { ModelProto } from 'onnx-buf';
+import type { ModelProto, NodeProto } from 'onnx-buf';
 import { makeNode } from '../graph/attributes.js';
 import { applyCommands, type Command } from '../graph/commands.js';
 import { GraphIndex } from '../graph/graph.js';
@@ -27,12 +27,13 @@ import {
   breakEvenRank,
   plainSpectrum,
   retainedEnergy,
+  uniformRanks,
   whitenedSpectrum,
   type LayerSpectrum,
 } from './low-rank-math.js';
 import { layerInputs, readWeight, targetLayers } from './sparsity-layers.js';
 import { channelStatistics } from './statistics.js';
-import { NameAllocator } from './tensors.js';
+import { NameAllocator, readConstant, writeConstant } from './tensors.js';
 
 export type LowRankMethod = 'svd' | 'whitened';
 
@@ -49,10 +50,20 @@ export interface FactorizeOptions extends Reporting, SessionOptions {
    * `node:<regex>`; default every block's attention projections and MLP layers.
    */
   layers?: readonly string[];
+  /**
+   * `energy` (default) shares the budget by the relative energy each rank adds per parameter;
+   * `uniform` keeps the same fraction of every layer.
+   */
+  allocation?: 'energy' | 'uniform';
   /** Ranks are multiples of this (default 8). */
   roundTo?: number;
   /** Whitened: added to the Gram matrix's diagonal, relative to its mean (default 0.01). */
   damping?: number;
+  /**
+   * Whitened: whiten by the inputs' covariance instead of their second moment, and move the
+   * mean output error into the bias (default true).
+   */
+  centre?: boolean;
   /** Calibration images (another split than the evaluation images); read once. */
   calibration?: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>;
 }
@@ -81,6 +92,9 @@ export interface LowRankReport {
   method: LowRankMethod;
   /** The requested fraction of parameters. */
   rank: number;
+  allocation: 'energy' | 'uniform';
+  /** Whitened by the covariance, with the mean error moved into the biases. */
+  centred: boolean;
   roundTo: number;
   calibrationImages: number;
   layers: LowRankLayerReport[];
@@ -103,6 +117,8 @@ export interface LayerFactors {
   /** [in, k] and [k, out], row-major. */
   a: Float32Array;
   b: Float32Array;
+  /** Added to the layer's bias (a bias is added where the layer has none). */
+  biasShift?: Float32Array;
 }
 
 function checkOptions(o: FactorizeOptions): void {
@@ -116,6 +132,9 @@ function checkOptions(o: FactorizeOptions): void {
   if (!(Number.isInteger(roundTo) && roundTo >= 1)) {
     throw new RangeError(`roundTo must be an integer ≥ 1, got ${roundTo}`);
   }
+  if (o.allocation !== undefined && o.allocation !== 'energy' && o.allocation !== 'uniform') {
+    throw new RangeError(`allocation must be energy or uniform, got ${String(o.allocation)}`);
+  }
   if (o.damping !== undefined && !(o.damping >= 0)) {
     throw new RangeError(`damping must be ≥ 0, got ${o.damping}`);
   }
@@ -124,17 +143,47 @@ function checkOptions(o: FactorizeOptions): void {
   }
 }
 
-/** The mean second moment E[xᵀx] of every layer input, from one calibration pass. */
-async function inputGrams(model: ModelProto, layers: LinearLayer[], o: FactorizeOptions) {
+/** What whitening reads of one layer input. */
+interface InputMoments {
+  /** E[xᵀx], or the covariance E[xᵀx] − μᵀμ when centred. */
+  gram: Float64Array;
+  /** μ when centred. */
+  mean?: Float64Array;
+}
+
+/** The moments of every layer input, from one calibration pass. */
+async function inputMoments(model: ModelProto, layers: LinearLayer[], o: FactorizeOptions) {
   const requests = layerInputs(layers).map((value) => ({ value, gram: true }));
   const { moments, images } = await channelStatistics(model, requests, o.calibration!, o);
-  const grams = new Map<string, Float64Array>();
-  for (const [value, m] of moments)
-    grams.set(
-      value,
-      m.gram!.map((g) => g / m.count),
-    );
-  return { grams, images };
+  const inputs = new Map<string, InputMoments>();
+  for (const [value, m] of moments) {
+    const centred = { gram: m.covariance(), mean: m.mean() };
+    inputs.set(value, o.centre === false ? { gram: m.gram!.map((g) => g / m.count) } : centred);
+  }
+  return { inputs, images };
+}
+
+/**
+ * μ·(W − A·B): the mean output the factors lose on the calibration inputs. With centred
+ * whitening the factors minimise the error around the mean; adding this to the bias removes
+ * the mean error too, so the total error is no more than with uncentred whitening.
+ */
+function meanShift(index: GraphIndex, layer: LinearLayer, f: LayerFactors, mean: Float64Array) {
+  const { data, rows: out, cols: inF } = readWeight(index, layer);
+  const k = f.rank;
+  const ma = new Float64Array(k);
+  for (let i = 0; i < inF; i++) {
+    for (let t = 0; t < k; t++) ma[t] = ma[t]! + mean[i]! * f.a[i * k + t]!;
+  }
+  const shift = new Float32Array(out);
+  for (let o = 0; o < out; o++) {
+    let exact = 0;
+    for (let i = 0; i < inF; i++) exact += mean[i]! * data[o * inF + i]!;
+    let approx = 0;
+    for (let t = 0; t < k; t++) approx += ma[t]! * f.b[t * out + o]!;
+    shift[o] = exact - approx;
+  }
+  return shift;
 }
 
 /** The spectrum of one layer's weight, whitened by its input's Gram matrix when given. */
@@ -169,7 +218,7 @@ export function applyFactorization(
 }
 
 function factorCommands(index: GraphIndex, names: NameAllocator, f: LayerFactors): Command[] {
-  const { layer, rank: k, a, b } = f;
+  const { layer, rank: k, a, b, biasShift } = f;
   const node = index.node(layer.node);
   const aName = names.name(`${layer.weight}_lowrank_a`);
   const bName = names.name(`${layer.weight}_lowrank_b`);
@@ -193,12 +242,53 @@ function factorCommands(index: GraphIndex, names: NameAllocator, f: LayerFactors
       bTensor = floatTensor(bName, [layer.outFeatures, k], transpose(b, k, layer.outFeatures));
     }
   }
-  return [
+  const commands: Command[] = [
     { kind: 'addInitializer', tensor: floatTensor(aName, [layer.inFeatures, k], a) },
     { kind: 'addInitializer', tensor: bTensor },
     { kind: 'removeNode', name: node.name },
     { kind: 'addNode', node: first },
+  ];
+  if (!biasShift) return [...commands, { kind: 'addNode', node: second }];
+  return [...commands, ...shiftedBias(index, names, layer, second, biasShift)];
+}
+
+/** Adds `shift` to the layer's bias, or gives the second factor a bias where there is none. */
+function shiftedBias(
+  index: GraphIndex,
+  names: NameAllocator,
+  layer: LinearLayer,
+  second: NodeProto,
+  shift: Float32Array,
+): Command[] {
+  if (layer.bias) {
+    const bias = readConstant(index, layer.bias);
+    const data = bias.data.map((v, o) => v + shift[o]!);
+    return [
+      { kind: 'addNode', node: second },
+      ...writeConstant(index, layer.bias, { ...bias, data }),
+    ];
+  }
+  const name = names.name(`${layer.weight}_lowrank_bias`);
+  const tensor = floatTensor(name, [shift.length], shift);
+  if (layer.opType === 'Gemm') {
+    second.input = [second.input[0]!, second.input[1]!, name];
+    return [
+      { kind: 'addInitializer', tensor },
+      { kind: 'addNode', node: second },
+    ];
+  }
+  const product = names.name(`${layer.output}_lowrank_product`);
+  const add = makeNode({
+    name: names.name(`${layer.node}_lowrank_bias`),
+    opType: 'Add',
+    inputs: [product, name],
+    outputs: [...second.output],
+  });
+  second.output = [product];
+  return [
+    { kind: 'addInitializer', tensor },
     { kind: 'addNode', node: second },
+    { kind: 'addNode', node: add },
   ];
 }
 
@@ -224,12 +314,12 @@ export async function factorizeModel(
   const roundTo = options.roundTo ?? 8;
   const index = new GraphIndex(model);
   const whitening =
-    options.method === 'whitened' ? await inputGrams(model, layers, options) : undefined;
+    options.method === 'whitened' ? await inputMoments(model, layers, options) : undefined;
 
   const stage = 'low-rank factorization';
   options.onProgress?.({ status: 'start', stage, total: layers.length });
   const spectra = layers.map((layer, i) => {
-    const gram = whitening?.grams.get(layer.input);
+    const gram = whitening?.inputs.get(layer.input)?.gram;
     const spectrum = layerSpectrum(index, layer, gram, options.damping);
     options.onProgress?.({ status: 'advance', stage, done: i + 1, total: layers.length });
     return spectrum;
@@ -237,10 +327,16 @@ export async function factorizeModel(
   options.onProgress?.({ status: 'end', stage });
 
   const dense = layers.reduce((sum, l) => sum + l.inFeatures * l.outFeatures, 0);
-  const ranks = allocateRanks(spectra, options.rank * dense, roundTo);
+  const ranks =
+    options.allocation === 'uniform'
+      ? uniformRanks(spectra, options.rank, roundTo)
+      : allocateRanks(spectra, options.rank * dense, roundTo);
   const factors = layers.flatMap((layer, i): LayerFactors[] => {
     const rank = ranks[i];
-    return rank === undefined ? [] : [{ layer, rank, ...spectra[i]!.factors(rank) }];
+    if (rank === undefined) return [];
+    const f: LayerFactors = { layer, rank, ...spectra[i]!.factors(rank) };
+    const mean = whitening?.inputs.get(layer.input)?.mean;
+    return [mean ? { ...f, biasShift: meanShift(index, layer, f, mean) } : f];
   });
   const factored = applyFactorization(model, factors);
   logger.info(`factored ${factors.length} of ${layers.length} layers (${options.method})`);
@@ -251,6 +347,8 @@ export async function factorizeModel(
   const report: LowRankReport = {
     method: options.method,
     rank: options.rank,
+    allocation: options.allocation ?? 'energy',
+    centred: options.method === 'whitened' && options.centre !== false,
     roundTo,
     calibrationImages: whitening?.images ?? 0,
     layers: layerReports,

@@ -1,11 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { InputError, UnsupportedModelError } from '../../src/errors.js';
 import { GraphIndex } from '../../src/graph/graph.js';
+import { capture } from '../../src/runtime/capture.js';
 import { applyFactorization, factorizeModel, layerSpectrum } from '../../src/prune/low-rank.js';
 import {
   allocateRanks,
   breakEvenRank,
   plainSpectrum,
+  uniformRanks,
   whitenedSpectrum,
 } from '../../src/prune/low-rank-math.js';
 import { blockLayers } from '../../src/prune/sparsity-layers.js';
@@ -176,6 +178,14 @@ describe('allocateRanks', () => {
     expect(allocateRanks([a, b], 64 + 7 * 32, 1)).toEqual([1, undefined]);
   });
 
+  it('keeps the same fraction of every layer when asked for uniform ranks', () => {
+    // rank·16·16 / 32 = 8·rank: 4 at a half, 7 at 0.9, and 8 at 1 is break-even, so dense
+    expect(uniformRanks([a, b], 0.5, 1)).toEqual([4, 4]);
+    expect(uniformRanks([a, b], 0.9, 1)).toEqual([7, 7]);
+    expect(uniformRanks([a, b], 1, 1)).toEqual([undefined, undefined]);
+    expect(uniformRanks([a], 0.5, 8)).toEqual([undefined]);
+  });
+
   it('refuses a budget below the first step of every layer', () => {
     expect(() => allocateRanks([a, b], 63, 1)).toThrow(RangeError);
   });
@@ -258,6 +268,34 @@ describe('factorizeModel on a tiny ViT', () => {
     expect(result.report.calibrationImages).toBe(3);
     expect(result.report.layers.some((l) => l.rank !== null)).toBe(true);
     expect((await run(result.model, input, dims)).every(Number.isFinite)).toBe(true);
+  });
+
+  it('keeps the mean output of a whitened layer on the calibration images (centred)', async () => {
+    const model = tinyViT({ qkv: 'fused', norm: 'op', pooling: 'class-token' });
+    const structure = recognizeViT(model);
+    const calibration = [1, 2, 3].map((seed) => ({ data: noiseInput(input.length, seed), dims }));
+    const fc1 = structure.blocks[0]!.mlp.fc1;
+    const { model: factored, report } = await factorizeModel(model, structure, {
+      rank: 0.4,
+      method: 'whitened',
+      layers: ['blocks.0.mlp.fc1'],
+      roundTo: 1,
+      calibration,
+    });
+    expect(report.layers[0]!.rank).toBe(2);
+    // the layer's output value keeps its name; onnxruntime computes both means
+    const meanOutput = async (m: typeof model) => {
+      const sum = new Float64Array(tiny.mlp);
+      let rows = 0;
+      await capture(m, [fc1.biasedOutput], calibration, (values) => {
+        const data = values.get(fc1.biasedOutput)!.data as Float32Array;
+        for (let i = 0; i < data.length; i++) sum[i % tiny.mlp] = sum[i % tiny.mlp]! + data[i]!;
+        rows += data.length / tiny.mlp;
+      });
+      return Float32Array.from(sum, (v) => v / rows);
+    };
+    const [before, after] = [await meanOutput(model), await meanOutput(factored)];
+    expect(maxAbsDiff(before, after)).toBeLessThan(1e-4);
   });
 
   it('refuses options it cannot honour, naming them', async () => {
