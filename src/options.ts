@@ -171,6 +171,7 @@ export const criterionNames = [
   'wanda',
   'variance',
   'reconstruction',
+  'ablation',
 ] as const satisfies readonly CriterionName[];
 export const pruningScopes = ['local', 'global', 'isomorphic'] as const;
 export const compensationNames = [

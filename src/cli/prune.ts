@@ -52,7 +52,7 @@ export function addPruneFlags(command: Command): Command {
     .option('--head-dims <fraction>', 'share of every head’s dimensions to remove, in [0, 1)')
     .option(
       '--criterion <name>',
-      'importance: l1 | l2 | wanda | variance | reconstruction ' +
+      'importance: l1 | l2 | wanda | variance | reconstruction | ablation ' +
         '(default wanda with --calib, l2 without)',
     )
     .option('--scope <name>', 'ranking: local (per block, default) | global | isomorphic')
