@@ -40,3 +40,13 @@ export {
   type SparsityResult,
 } from './sparsity.js';
 export { sparseGpt, type SparseGptOptions } from './sparsegpt.js';
+export {
+  chooseTokenSchedule,
+  measureTokenSchedules,
+  parseTokenSchedule,
+  reduceTokens,
+  type ReduceTokensOptions,
+  type ReduceTokensResult,
+  type TokenReport,
+  type TokenSchedule,
+} from './tokens/index.js';

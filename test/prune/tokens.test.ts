@@ -174,7 +174,7 @@ describe('ToMe merge subgraph', () => {
 
   it('lays log sizes out as [B, 1, 1, N] attention-logit biases', async () => {
     const inputs = { size: tokenInputs(3).size! };
-    const { model, outputs } = subgraphModel(inputs, 17, (w) => ({ bias: sizeBias(w, 'size') }));
+    const { model, outputs } = subgraphModel(inputs, 17, (w) => ({ bias: sizeBias(w, 'size', N) }));
     const got = await runAll(model, inputs, outputs);
     expect(got.bias).toHaveLength(B * N);
     got.bias!.forEach((v, i) => expect(v).toBeCloseTo(Math.log(inputs.size.data[i]!), 6));

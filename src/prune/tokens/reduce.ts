@@ -64,7 +64,7 @@ export function reduceTokens(
       const merge = tomeStep(writer, block, plan, structure, size);
       reduced = merge.x;
       size = merge.size;
-      if (schedule.propAttention !== false) bias = sizeBias(writer, size);
+      if (schedule.propAttention !== false) bias = sizeBias(writer, size, plan.mlp);
     } else {
       reduced = selectStep(writer, block, plan, structure, schedule);
     }

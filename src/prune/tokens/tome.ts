@@ -83,8 +83,7 @@ export function tomeMerge(w: SubgraphWriter, inputs: TomeInputs): { x: string; s
   return { x: w.op('Div', [w.slice(out, 2, 0, width), newSize]), size: newSize };
 }
 
-/** log(s) laid out to be added to attention logits [B, H, N, N]: [B, 1, 1, N]. */
-export function sizeBias(w: SubgraphWriter, size: string): string {
-  const logSize = w.op('Transpose', [w.op('Log', [size])], { perm: [0, 2, 1] });
-  return w.unsqueeze(logSize, [1]);
+/** log(s) of `tokens` sizes laid out to be added to attention logits [B, H, N, N]: [B, 1, 1, N]. */
+export function sizeBias(w: SubgraphWriter, size: string, tokens: number): string {
+  return w.op('Reshape', [w.op('Log', [size]), w.ints([-1, 1, 1, tokens])]);
 }
