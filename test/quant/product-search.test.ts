@@ -24,6 +24,13 @@ function tensor(dims: number[], seed: number, scale = 1): Tensor {
 function quantized(t: Tensor, grid: OperandGrid): Float32Array {
   if (grid.kind === 'float') return t.data;
   if (grid.kind === 'twin') return twinFakeQuantize(t.data, grid.quantizer);
+  if (grid.kind === 'noisy') {
+    // Q(x + N) − N with N along the last axis, in float32 as the ONNX Add and Sub
+    const width = grid.noise.length;
+    const shifted = t.data.map((v, i) => v + grid.noise[i % width]!);
+    const q = quantized({ data: shifted, dims: t.dims }, grid.base);
+    return q.map((v, i) => v - grid.noise[i % width]!);
+  }
   const params = Array.from(grid.scales, (scale) => ({ scale, zeroPoint: 0 }));
   const range = intRange(grid.bits, true);
   return grid.groupAxis === undefined

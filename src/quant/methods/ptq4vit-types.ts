@@ -43,6 +43,15 @@ export const ptq4vitOptionsSchema = z.strictObject({
   searchRows: z.number().int().min(0).default(1024),
   /** Calibration images whose attention tensors the search uses (all: 0). */
   attentionImages: z.number().int().min(0).default(8),
+  /**
+   * NoisyQuant (arXiv:2211.16056) on top: a fixed per-channel noise added before the input
+   * quantizer of post-GELU linear inputs (`post-gelu`) or of every quantized linear input
+   * (`linear`) and taken away after it, its amplitude searched on the layer's output.
+   */
+  noisyQuant: z.enum(['off', 'post-gelu', 'linear']).default('off'),
+  /** Noise amplitudes tried, evenly spaced from 0 to `maxNoiseAmplitude` (× U(−Δ/2, Δ/2)). */
+  noiseAmplitudes: z.number().int().min(2).max(100).default(16),
+  maxNoiseAmplitude: z.number().positive().max(10).default(1.5),
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
 });
@@ -58,6 +67,8 @@ export interface Ptq4VitActivationReport {
   bits: number;
   /** The step (per tensor), the steps' range (per head), or the twin grids' steps. */
   scale: number | { min: number; max: number } | { low: number; high: number };
+  /** NoisyQuant's noise amplitude, in units of U(−Δ/2, Δ/2), when a noise is added. */
+  noiseAmplitude?: number;
 }
 
 /** One product searched: a linear layer, or an attention matmul. */
@@ -90,6 +101,7 @@ export interface Ptq4VitReport {
   softmax: Ptq4VitSettings['softmax'];
   gelu: Ptq4VitSettings['gelu'];
   perHead: boolean;
+  noisyQuant: Ptq4VitSettings['noisyQuant'];
   calibration: { images: number; searchRows: number; attentionImages: number; seconds: number };
   layers: Ptq4VitLayerReport[];
   activations: Ptq4VitActivationReport[];

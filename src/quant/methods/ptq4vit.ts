@@ -44,6 +44,7 @@ import {
 import { gridChain, symmetricStep, type OperandGrid } from '../search/operand-grid.js';
 import type { CapturedTensor } from '../sequential.js';
 import { geluTwin, softmaxTwin } from '../twin-uniform.js';
+import { searchNoise } from './noisyquant.js';
 import {
   captureOperands,
   listProducts,
@@ -71,6 +72,7 @@ interface ActivationChoice {
   points: ActivationPoint[];
   grid: OperandGrid;
   rank: number;
+  noiseAmplitude?: number;
 }
 
 /** A weight's chosen per-channel steps (over its output channels) and initial steps. */
@@ -147,6 +149,7 @@ export async function quantizePtq4Vit(
       softmax: settings.softmax,
       gelu: settings.gelu,
       perHead: settings.perHead,
+      noisyQuant: settings.noisyQuant,
       calibration: {
         images: count,
         searchRows: settings.searchRows,
@@ -292,13 +295,43 @@ async function searchLinear(
     : { tensor: w, initial: float, family: fixed };
   const result = await alternatingSearch(a, b, { ...searchOptions(settings, session), first: 'b' });
   if (result.a.kind !== 'float' && !activations.has(product.layer.input)) {
-    const choice = { value: product.layer.input, points: product.input, grid: result.a, rank: 2 };
+    const noisy = await addNoise(product, x, w, result, settings, session);
+    const choice = { value: product.layer.input, points: product.input, rank: 2, ...noisy };
     activations.set(product.layer.input, choice);
   }
   if (product.weight && result.b.kind === 'uniform') {
     weights.push({ product, steps: result.b.scales, initial: initialSteps });
   }
   return layerReport(product.role, settings, result);
+}
+
+/** NoisyQuant's noise on a linear layer's input quantizer, where the settings ask for it. */
+async function addNoise(
+  product: LinearProduct,
+  x: CapturedTensor,
+  w: CapturedTensor,
+  result: { a: OperandGrid; b: OperandGrid },
+  settings: Ptq4VitSettings,
+  session: SessionOptions,
+): Promise<{ grid: OperandGrid; noiseAmplitude?: number }> {
+  const wanted =
+    settings.noisyQuant === 'linear' || (settings.noisyQuant === 'post-gelu' && product.postGelu);
+  if (!wanted) return { grid: result.a };
+  const { grid, amplitude } = await searchNoise(x, w, result.a, result.b, {
+    metric: settings.metric,
+    amplitudes: settings.noiseAmplitudes,
+    maxAmplitude: settings.maxNoiseAmplitude,
+    seed: hashRole(product.role),
+    ...session,
+  });
+  return { grid, noiseAmplitude: amplitude };
+}
+
+/** A seed from a role name, so each layer draws its own noise and the same one every run. */
+function hashRole(role: string): number {
+  let h = 2166136261;
+  for (let i = 0; i < role.length; i++) h = Math.imul(h ^ role.charCodeAt(i), 16777619) >>> 0;
+  return h;
 }
 
 function searchOptions(settings: Ptq4VitSettings, session: SessionOptions) {
@@ -416,23 +449,32 @@ function rewire(index: GraphIndex, choice: ActivationChoice, output: string): Co
 }
 
 function activationReport(choice: ActivationChoice): Ptq4VitActivationReport {
-  const { grid } = choice;
   const base = { roles: choice.points.map((p) => p.role), value: choice.value };
+  const noise =
+    choice.noiseAmplitude === undefined ? {} : { noiseAmplitude: choice.noiseAmplitude };
+  return { ...base, ...gridReport(choice.value, choice.grid), ...noise };
+}
+
+function gridReport(
+  value: string,
+  grid: OperandGrid,
+): Pick<Ptq4VitActivationReport, 'kind' | 'bits' | 'scale'> {
   switch (grid.kind) {
     case 'float':
-      throw new UnsupportedModelError(`${choice.value}: a float activation has no quantizer`);
+      throw new UnsupportedModelError(`${value}: a float activation has no quantizer`);
+    case 'noisy':
+      return gridReport(value, grid.base);
     case 'twin': {
       const q = grid.quantizer;
       const kind = q.form === 'softmax' ? 'twin-softmax' : 'twin-gelu';
-      return { ...base, kind, bits: q.bits, scale: { low: q.low.scale, high: q.high.scale } };
+      return { kind, bits: q.bits, scale: { low: q.low.scale, high: q.high.scale } };
     }
     case 'uniform': {
       const steps = Array.from(grid.scales);
-      if (grid.groupAxis === undefined) {
-        return { ...base, kind: 'uniform', bits: grid.bits, scale: steps[0]! };
-      }
+      if (grid.groupAxis === undefined)
+        return { kind: 'uniform', bits: grid.bits, scale: steps[0]! };
       const scale = { min: Math.min(...steps), max: Math.max(...steps) };
-      return { ...base, kind: 'uniform-per-head', bits: grid.bits, scale };
+      return { kind: 'uniform-per-head', bits: grid.bits, scale };
     }
   }
 }

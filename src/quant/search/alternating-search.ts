@@ -145,6 +145,7 @@ function candidateGrids(grid: OperandGrid, family: CandidateFamily): OperandGrid
 export function scaledGrid(grid: OperandGrid, factor: number): OperandGrid {
   switch (grid.kind) {
     case 'float':
+    case 'noisy':
       return grid;
     case 'uniform':
       return { ...grid, scales: grid.scales.map((s) => s * factor) };

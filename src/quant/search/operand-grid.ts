@@ -6,6 +6,9 @@
  *   one step, or one step per index of `groupAxis` (a weight's output channels, the heads of a
  *   [batch, heads, tokens, dim] tensor);
  * - `twin`: a twin uniform quantizer (twin-uniform.ts), per tensor;
+ * - `noisy`: NoisyQuant's (arXiv:2211.16056) fixed noise added before a per-tensor quantizer and
+ *   taken away after it, x̂ = Q(x + N) − N, with one noise value per index of the last axis
+ *   (the input channels of a linear layer);
  * - `float`: the operand is left as it is.
  *
  * `gridChain` writes any of them, or a stack of n candidates of one form along a new leading
@@ -20,7 +23,8 @@ import { twinFakeQuantCommands, type TwinQuantizer } from '../twin-uniform.js';
 export type OperandGrid =
   | { kind: 'float' }
   | { kind: 'uniform'; bits: number; scales: Float32Array; groupAxis?: number }
-  | { kind: 'twin'; quantizer: TwinQuantizer };
+  | { kind: 'twin'; quantizer: TwinQuantizer }
+  | { kind: 'noisy'; base: OperandGrid; noise: Float32Array };
 
 /** The step of a symmetric signed grid reaching `bound`: PTQ4ViT's bound / (2^(b−1) − ½). */
 export function symmetricStep(bound: number, bits: number): number {
@@ -67,7 +71,50 @@ export function gridChain(
     }
     case 'uniform':
       return uniformChain(value, prefix, grids, first.bits, shape);
+    case 'noisy':
+      return noisyChain(value, prefix, grids, rank, stack);
   }
+}
+
+/**
+ * Add(x, N) → the base quantizer → Sub(N). Stacked candidates differ in their noise only: they
+ * share the first candidate's base, which must be per tensor.
+ */
+function noisyChain(
+  value: string,
+  prefix: string,
+  grids: readonly OperandGrid[],
+  rank: number,
+  stack: boolean,
+) {
+  const noises = grids.map((g) => (g.kind === 'noisy' ? g.noise : mixed()));
+  const first = grids[0] as Extract<OperandGrid, { kind: 'noisy' }>;
+  const width = first.noise.length;
+  if (
+    first.base.kind === 'noisy' ||
+    (first.base.kind === 'uniform' && first.base.scales.length > 1)
+  ) {
+    throw new RangeError('the quantizer under a noise must be per tensor');
+  }
+  const data = new Float32Array(noises.length * width);
+  noises.forEach((n, i) => {
+    if (n.length !== width) throw new RangeError('noise candidates of different widths');
+    data.set(n, i * width);
+  });
+  const shape = stack ? [noises.length, ...Array<number>(rank - 1).fill(1), width] : [width];
+  const p = (name: string) => `${prefix}/${name}`;
+  const base = gridChain(p('Add'), p('base'), [first.base], rank);
+  const op = (opType: string, inputs: string[]): Command => ({
+    kind: 'addNode',
+    node: makeNode({ name: p(opType), opType, inputs, outputs: [p(opType)] }),
+  });
+  const commands: Command[] = [
+    { kind: 'addInitializer', tensor: floatTensor(p('noise'), shape, data) },
+    op('Add', [value, p('noise')]),
+    ...base.commands,
+    op('Sub', [base.output, p('noise')]),
+  ];
+  return { commands, output: p('Sub') };
 }
 
 function mixed(): never {
