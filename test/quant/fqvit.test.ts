@@ -46,7 +46,12 @@ describe('FQ-ViT on the MNIST ViT', () => {
     const channels = structure.counts.width;
     let min = 0;
     let max = 0;
-    for (const v of values) for (const x of v) ((min = Math.min(min, x)), (max = Math.max(max, x)));
+    for (const v of values) {
+      for (const x of v) {
+        min = Math.min(min, x);
+        max = Math.max(max, x);
+      }
+    }
     // 8 bits: s8 = (max − min) / 255, zero point round(−min / s8), base step s8 / 8
     const s8 = (max - min) / 255;
     const zeroPoint = Math.round(-min / s8);
