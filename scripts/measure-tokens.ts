@@ -98,7 +98,7 @@ async function top1(model: ModelProto, batches: EvalBatch[], threads: number) {
 }
 
 function candidates(structure: ViTStructure, family: string): TokenSchedule[] {
-  if (family === 'tome') return tomeCandidates(structure);
+  if (family === 'tome') return tomeCandidates(structure, 2);
   const block = /^single@(\d+)$/.exec(family);
   if (block) return singleCandidates(structure, Number(block[1]), 8);
   throw new Error(`--choose: family must be tome or single@<block>, got ${family}`);

@@ -9,7 +9,11 @@ import type { ModelProto } from 'onnx-buf';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { UnsupportedModelError } from '../../src/errors.js';
 import { loadModel } from '../../src/onnx/model-io.js';
-import { parseTokenSchedule, reduceTokens } from '../../src/prune/tokens/index.js';
+import {
+  chooseTokenSchedule,
+  parseTokenSchedule,
+  reduceTokens,
+} from '../../src/prune/tokens/index.js';
 import type { TokenSchedule } from '../../src/prune/tokens/index.js';
 import { recognizeViT, type ViTStructure } from '../../src/vit/index.js';
 import { noiseInput, vitMnist, vitTiny } from '../fixtures.js';
@@ -137,6 +141,30 @@ async function runEach(
     await session.release();
   }
 }
+
+describe('chooseTokenSchedule on the MNIST ViT', () => {
+  const quick = { rounds: 1, runs: 2, warmup: 1 };
+  const schedules: TokenSchedule[] = [
+    { kind: 'tome', r: 4 },
+    { kind: 'tome', r: 1 },
+    { kind: 'evit', keep: 0.5, blocks: [1, 3] },
+  ];
+
+  it('tries the mildest schedule first and stops at the first that reaches the target', async () => {
+    const model = await loadModel(vitMnist);
+    const structure = recognizeViT(model);
+    const easy = await chooseTokenSchedule(model, structure, schedules, 1e-3, quick);
+    expect(easy.tried).toHaveLength(1);
+    expect(easy.chosen?.report.label).toBe('tome:1');
+    expect(easy.chosen!.speedup).toBeGreaterThan(0);
+
+    const impossible = await chooseTokenSchedule(model, structure, schedules, 1e3, quick);
+    expect(impossible.chosen).toBeUndefined();
+    const ratios = impossible.tried.map((t) => t.report.macs.ratio);
+    expect(ratios).toEqual([...ratios].sort((a, b) => a - b));
+    expect(impossible.tried).toHaveLength(3);
+  });
+});
 
 describe('reduceTokens refuses graphs it cannot rewrite', () => {
   it('names a Reshape that holds the token count as a constant', () => {

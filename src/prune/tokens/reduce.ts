@@ -73,6 +73,9 @@ export function reduceTokens(
 
   // uses are moved before the new nodes exist, so the nodes keep reading the full sequence
   const commands = [...rewires, ...writer.commands];
+  options.logger?.debug(
+    `tokens per block (attention → MLP): ${plans.map((p) => `${p.attention}→${p.mlp}`).join(', ')}`,
+  );
   const reduced = applyCommands(model, commands, { context: 'token-reduced graph' });
   const applied = appliedSchedule(schedule, plans);
   return {
@@ -140,6 +143,10 @@ function appliedSchedule(schedule: TokenSchedule, plans: readonly BlockPlan[]): 
 }
 
 /**
+ * TODO: a distillation token (DeiT-distilled, at index 1) is treated as a patch token: ToMe may
+ * merge it and EViT may drop it. The structure map must first recognise a second prefix token;
+ * then it must be protected like the class token and kept at index 1.
+ *
  * Token reduction needs: opset 13 or later (Squeeze/Unsqueeze with axes as inputs), a class
  * token at index 0 read by the pooling (ToMe keeps it first and unmerged; EViT ranks by its
  * attention), and attention written as MatMul/Softmax/MatMul over [B, H, N, ·] tensors.
