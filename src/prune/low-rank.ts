@@ -61,7 +61,9 @@ export interface FactorizeOptions extends Reporting, SessionOptions {
   damping?: number;
   /**
    * Whitened: whiten by the inputs' covariance instead of their second moment, and move the
-   * mean output error into the bias (default true).
+   * mean output error into the bias (default false: measured on the ViT-Tiny's MLPs at rank
+   * 0.75, 27 % top-1 centred against 41 % uncentred on 100 validation images, because the
+   * ranks the allocation gives change).
    */
   centre?: boolean;
   /** Calibration images (another split than the evaluation images); read once. */
@@ -157,8 +159,8 @@ async function inputMoments(model: ModelProto, layers: LinearLayer[], o: Factori
   const { moments, images } = await channelStatistics(model, requests, o.calibration!, o);
   const inputs = new Map<string, InputMoments>();
   for (const [value, m] of moments) {
-    const centred = { gram: m.covariance(), mean: m.mean() };
-    inputs.set(value, o.centre === false ? { gram: m.gram!.map((g) => g / m.count) } : centred);
+    const centred = o.centre && { gram: m.covariance(), mean: m.mean() };
+    inputs.set(value, centred || { gram: m.gram!.map((g) => g / m.count) });
   }
   return { inputs, images };
 }
@@ -348,7 +350,7 @@ export async function factorizeModel(
     method: options.method,
     rank: options.rank,
     allocation: options.allocation ?? 'energy',
-    centred: options.method === 'whitened' && options.centre !== false,
+    centred: options.method === 'whitened' && options.centre === true,
     roundTo,
     calibrationImages: whitening?.images ?? 0,
     layers: layerReports,

@@ -280,6 +280,7 @@ describe('factorizeModel on a tiny ViT', () => {
       method: 'whitened',
       layers: ['blocks.0.mlp.fc1'],
       roundTo: 1,
+      centre: true,
       calibration,
     });
     expect(report.layers[0]!.rank).toBe(2);
