@@ -8,6 +8,7 @@
  *
  *   npx tsx scripts/bench-ptq.ts              # every row (npm run bench:ptq once wired)
  *   npx tsx scripts/bench-ptq.ts --quick      # ViT-Tiny opset 17, W6A6 and W4A4, 100 images
+ *   npx tsx scripts/bench-ptq.ts --only repq+erq,repq+gptq   # the rows of these methods only
  */
 import { spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -28,7 +29,7 @@ const root = packageRoot();
 const fixtures = join(root, '..', 'shared', 'fixtures');
 const threads = 2;
 
-type Method = 'fp32' | 'minmax' | 'repq' | 'ptq4vit';
+type Method = 'fp32' | 'minmax' | 'repq' | 'ptq4vit' | 'repq+gptq' | 'repq+erq';
 
 interface RowSpec {
   target: 'vit-tiny opset 17' | 'vit-tiny opset 13' | 'mnist vit';
@@ -70,6 +71,8 @@ const publishedPtq4Vit: Record<string, string> = {
 const publishedTop1: Record<string, string> = {
   'repq w6a6': 'DeiT-T 70.76 / 72.21, ViT-S 80.43 / 81.39',
   'repq w4a4': 'DeiT-T 57.43 / 72.21, ViT-S 65.05 / 81.39',
+  'repq+gptq w4a4': 'DeiT-T 58.96 / 72.21, ViT-S 67.59 / 81.39 (GPTQ* in ERQ)',
+  'repq+erq w4a4': 'DeiT-T 60.29 / 72.21, ViT-S 68.91 / 81.39 (ERQ, ICML)',
 };
 
 function targetPaths(target: RowSpec['target']) {
@@ -110,6 +113,11 @@ function rowSpecs(quick: boolean): RowSpec[] {
     specs.push({ target: tiny, method: 'ptq4vit', bits });
   specs.push({ target: 'vit-tiny opset 13', method: 'ptq4vit', bits: 'w4a4' });
   specs.push({ target: 'mnist vit', method: 'ptq4vit', bits: 'w4a4' });
+  for (const method of ['repq+gptq', 'repq+erq'] as const) {
+    for (const bits of ['w6a6', 'w4a4']) specs.push({ target: tiny, method, bits });
+    specs.push({ target: 'vit-tiny opset 13', method, bits: 'w4a4' });
+    specs.push({ target: 'mnist vit', method, bits: 'w4a4' });
+  }
   return specs;
 }
 
@@ -125,8 +133,10 @@ async function quantized(spec: RowSpec, model: ModelProto, calib: Dataset) {
   const structure = recognizeViT(model);
   const started = performance.now();
   const bits = parseBits(spec.bits);
-  if (spec.method === 'repq') {
-    const result = await quantizeRepQ(model, structure, calib.batches(32), { ...bits, threads });
+  if (spec.method === 'repq' || spec.method === 'repq+gptq' || spec.method === 'repq+erq') {
+    const weights = ({ repq: 'rtn', 'repq+gptq': 'gptq', 'repq+erq': 'erq' } as const)[spec.method];
+    const options = { ...bits, threads, weights };
+    const result = await quantizeRepQ(model, structure, calib.batches(32), options);
     return { model: result.model, seconds: (performance.now() - started) / 1000 };
   }
   if (spec.method === 'ptq4vit') {
@@ -239,7 +249,9 @@ async function main(): Promise<void> {
   await mkdir(dir, { recursive: true });
   const meta = { date: new Date().toISOString(), node: process.version, threads, quick };
   const rows: Row[] = [];
-  for (const spec of rowSpecs(quick)) {
+  const only = process.argv.indexOf('--only');
+  const methods = only >= 0 ? process.argv[only + 1]!.split(',') : undefined;
+  for (const spec of rowSpecs(quick).filter((s) => !methods || methods.includes(s.method))) {
     process.stderr.write(`bench:ptq: ${spec.target} ${label(spec)}\n`);
     const row = await childRow(spec);
     if (!row) continue;
