@@ -37,14 +37,21 @@ import {
 import { NamePrefixes, weightCommands, type WeightSetting } from '../quantizer-commands.js';
 import {
   alternatingSearch,
-  factorGrid,
   type CandidateFamily,
   type SearchOperand,
 } from '../search/alternating-search.js';
-import { gridChain, symmetricStep, type OperandGrid } from '../search/operand-grid.js';
+import { gridChain, type OperandGrid } from '../search/operand-grid.js';
 import type { CapturedTensor } from '../sequential.js';
-import { geluTwin, softmaxTwin } from '../twin-uniform.js';
 import { searchNoise } from './noisyquant.js';
+import {
+  fixed,
+  float,
+  groupSteps,
+  headOperand,
+  linearInput,
+  scaled,
+  softmaxOperand,
+} from './ptq4vit-grids.js';
 import {
   captureOperands,
   listProducts,
@@ -203,37 +210,6 @@ async function holdImages(batches: Batches): Promise<CaptureBatch[]> {
   return held;
 }
 
-function maxAbs(data: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < data.length; i++) m = Math.max(m, Math.abs(data[i]!));
-  return m;
-}
-
-function maxOf(data: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < data.length; i++) m = Math.max(m, data[i]!);
-  return m;
-}
-
-/** max|x| / (2^(b−1) − ½) of each index of `axis` of a tensor. */
-function groupSteps(tensor: CapturedTensor, axis: number, bits: number): Float32Array {
-  const groups = tensor.dims[axis]!;
-  let stride = 1;
-  for (let d = axis + 1; d < tensor.dims.length; d++) stride *= tensor.dims[d]!;
-  const bounds = new Float64Array(groups);
-  const { data } = tensor;
-  for (let i = 0; i < data.length; i++) {
-    const g = Math.floor(i / stride) % groups;
-    bounds[g] = Math.max(bounds[g]!, Math.abs(data[i]!));
-  }
-  return Float32Array.from(bounds, (b) => symmetricStep(b, bits));
-}
-
-function scaled(settings: Ptq4VitSettings): CandidateFamily {
-  const [from, to] = settings.factorRange;
-  return { kind: 'scaled', factors: factorGrid(settings.candidates, from, to) };
-}
-
 /** An operand whose value already has a grid keeps it; otherwise it is searched. */
 function operandFor(
   value: string,
@@ -245,31 +221,6 @@ function operandFor(
   if (chosen) return { tensor, initial: chosen.grid, family: { kind: 'fixed' } };
   return { tensor, ...make() };
 }
-
-/** The input grid of a linear layer before the search. */
-function linearInput(product: LinearProduct, x: CapturedTensor, s: Ptq4VitSettings) {
-  const bits = s.activationBits;
-  // the image stays float, as in PTQ4ViT's configuration
-  if (product.input.length === 0 || product.role === 'patch_embed') {
-    return { initial: float, family: fixed };
-  }
-  if (product.postGelu && s.gelu === 'twin') {
-    const initial: OperandGrid = {
-      kind: 'twin',
-      quantizer: geluTwin(bits, symmetricStep(maxOf(x.data), bits)),
-    };
-    return { initial, family: scaled(s) };
-  }
-  const initial: OperandGrid = {
-    kind: 'uniform',
-    bits,
-    scales: Float32Array.of(symmetricStep(maxAbs(x.data), bits)),
-  };
-  return { initial, family: scaled(s) };
-}
-
-const float: OperandGrid = { kind: 'float' };
-const fixed: CandidateFamily = { kind: 'fixed' };
 
 async function searchLinear(
   index: GraphIndex,
@@ -350,33 +301,6 @@ function layerReport(
     finalScore: result.finalScore,
     candidatesEvaluated: result.evaluations,
   };
-}
-
-/** The grid of a query, key or value before the search: per head, or per tensor. */
-function headOperand(t: CapturedTensor, heads: number, s: Ptq4VitSettings) {
-  const bits = s.activationBits;
-  const perHead = s.perHead && t.dims.length === 4 && t.dims[1] === heads;
-  const initial: OperandGrid = perHead
-    ? { kind: 'uniform', bits, scales: groupSteps(t, 1, bits), groupAxis: 1 }
-    : { kind: 'uniform', bits, scales: Float32Array.of(symmetricStep(maxAbs(t.data), bits)) };
-  return { initial, family: scaled(s) };
-}
-
-/** The grid of a softmax output before the search, and its candidates. */
-function softmaxOperand(
-  t: CapturedTensor,
-  s: Ptq4VitSettings,
-): { initial: OperandGrid; family: CandidateFamily } {
-  const bits = s.activationBits;
-  if (s.softmax === 'uniform') {
-    const step = symmetricStep(maxAbs(t.data), bits);
-    return { initial: { kind: 'uniform', bits, scales: Float32Array.of(step) }, family: scaled(s) };
-  }
-  const grids = Array.from({ length: s.softmaxSplits }, (_, k): OperandGrid => ({
-    kind: 'twin',
-    quantizer: softmaxTwin(bits, k),
-  }));
-  return { initial: grids[0]!, family: { kind: 'list', grids } };
 }
 
 async function searchAttention(
