@@ -13,6 +13,7 @@
  *   npx tsx scripts/measure-lowrank-sparsity.ts                       # every row
  *   npx tsx scripts/measure-lowrank-sparsity.ts --only lowrank --val 100 --ranks 0.5,0.9
  *   npx tsx scripts/measure-lowrank-sparsity.ts --only sparsity --sparse-latency
+ *   npx tsx scripts/measure-lowrank-sparsity.ts --only lowrank --options '{"allocation":"uniform"}'
  *
  * The rows are printed as Markdown tables and written to bench-results/lowrank-sparsity.json.
  */
@@ -24,7 +25,11 @@ import { openDataset, packageRoot, resolvePreprocess, sampleDataset } from '../s
 import { evaluateAccuracy } from '../src/eval/accuracy.js';
 import { measureLatency } from '../src/eval/latency.js';
 import { loadModel } from '../src/onnx/model-io.js';
-import { factorizeModel, type LowRankMethod } from '../src/prune/low-rank.js';
+import {
+  factorizeModel,
+  type FactorizeOptions,
+  type LowRankMethod,
+} from '../src/prune/low-rank.js';
 import { sparsifyModel, type SparsifyOptions } from '../src/prune/sparsity.js';
 import { recognizeViT, type ViTStructure } from '../src/vit/index.js';
 
@@ -44,6 +49,8 @@ interface Settings {
   val: Held[];
   calib: Held[];
   runs: number;
+  /** More factorizeModel options (allocation, centre, damping, roundTo). */
+  lowRank: Partial<FactorizeOptions>;
 }
 
 async function hold(folder: string, count: number, seed?: number): Promise<Held[]> {
@@ -97,6 +104,7 @@ async function lowRankRows(s: Settings, ranks: number[], layers: string[]) {
     for (const method of ['svd', 'whitened'] as LowRankMethod[]) {
       const started = performance.now();
       const { model, report } = await factorizeModel(s.model, s.structure, {
+        ...s.lowRank,
         rank,
         method,
         layers,
@@ -197,6 +205,7 @@ async function main(): Promise<void> {
       layers: { type: 'string', default: 'blocks.*.mlp' },
       runs: { type: 'string', default: '30' },
       'sparse-latency': { type: 'boolean', default: false },
+      options: { type: 'string', default: '{}' },
     },
   });
   const model = await loadModel(modelPath);
@@ -204,14 +213,21 @@ async function main(): Promise<void> {
   const val = await hold(join(fixtures, 'images/imagenet-val-500'), Number(values.val));
   const calibFolder = join(fixtures, 'images/imagenet-calib-256');
   const calib = await hold(calibFolder, Number(values.calib), Number(values.seed));
-  const settings: Settings = { model, structure, val, calib, runs: Number(values.runs) };
+  const lowRank = JSON.parse(values.options) as Partial<FactorizeOptions>;
+  const settings: Settings = { model, structure, val, calib, runs: Number(values.runs), lowRank };
   const fp32 = await top1(model, val);
   const images = val.reduce((n, b) => n + b.labels.length, 0);
   const calibImages = calib.reduce((n, b) => n + b.labels.length, 0);
   console.log(`fp32 top-1 ${pct(fp32)} on ${images} images of imagenet-val-500`);
   console.log(`calibration: ${calibImages} images of imagenet-calib-256, seed ${values.seed}`);
 
-  const results: Record<string, unknown> = { fp32, images, calibImages, seed: values.seed };
+  const results: Record<string, unknown> = {
+    fp32,
+    images,
+    calibImages,
+    seed: values.seed,
+    lowRankOptions: lowRank,
+  };
   if (!values.only || values.only === 'lowrank') {
     const ranks = values.ranks.split(',').map(Number);
     results.lowRank = await lowRankRows(settings, ranks, values.layers.split(','));
