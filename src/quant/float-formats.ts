@@ -180,11 +180,6 @@ export function floatElementCommands(
     scalar('max', format.max),
     scalar('negMax', -format.max),
     scalar('smallest', 2 ** emin),
-    scalar('invLn2', 1 / Math.LN2),
-    scalar('half', 0.5),
-    scalar('emin', emin),
-    scalar('emax', emax),
-    table('powers', n + 1, (k) => 2 ** (emin + k)),
     table('steps', n, (k) => 2 ** (emin + k - format.mantissaBits)),
     table('inverseSteps', n, (k) => 2 ** -(emin + k - format.mantissaBits)),
   ];
@@ -192,22 +187,14 @@ export function floatElementCommands(
     kind: 'addNode',
     node: makeNode({ name: p(name), opType, inputs, outputs: [p(name)], attributes }),
   });
-  const toInt32 = { to: DataType.INT32 };
   const commands: Command[] = [
     ...tensors.map((tensor): Command => ({ kind: 'addInitializer', tensor })),
     op('Saturated', 'Clip', [value, p('negMax'), p('max')]),
     op('Abs', 'Abs', [p('Saturated')]),
     op('Magnitude', 'Max', [p('Abs'), p('smallest')]),
-    op('Log', 'Log', [p('Magnitude')]),
-    op('Log2', 'Mul', [p('Log'), p('invLn2')]),
-    op('Shifted', 'Add', [p('Log2'), p('half')]),
-    op('Floor', 'Floor', [p('Shifted')]),
-    op('Exponent', 'Clip', [p('Floor'), p('emin'), p('emax')]),
-    op('FromEmin', 'Sub', [p('Exponent'), p('emin')]),
-    op('Guess', 'Cast', [p('FromEmin')], toInt32),
-    ...exponentCorrection(op, p),
-    op('Step', 'Gather', [p('steps'), p('Index')]),
-    op('InverseStep', 'Gather', [p('inverseSteps'), p('Index')]),
+    ...exponentIndexCommands(p('Magnitude'), `${prefix}/exponent`, emin, emax),
+    op('Step', 'Gather', [p('steps'), `${prefix}/exponent/Index`]),
+    op('InverseStep', 'Gather', [p('inverseSteps'), `${prefix}/exponent/Index`]),
     op('Scaled', 'Mul', [p('Saturated'), p('InverseStep')]),
     op('Round', 'Round', [p('Scaled')]),
     op('fp', 'Mul', [p('Round'), p('Step')]),
@@ -215,29 +202,55 @@ export function floatElementCommands(
   return { commands, output: p('fp') };
 }
 
-type OpMaker = (name: string, opType: string, inputs: string[], attributes?: object) => Command;
-
-/** i = g − [a < P[g]] + [a ≥ P[g + 1]] on the int32 guess `Guess`, giving `Index`. */
-function exponentCorrection(op: OpMaker, p: (name: string) => string): Command[] {
+/**
+ * The commands computing i = floor(log2 a) − emin for `magnitude` a ∈ [2^emin, 2^(emax + 1)),
+ * exact; the int32 result is `<prefix>/Index`. A guess from the logarithm,
+ * g = clamp(floor(log2 a + ½), emin, emax) − emin, is off by at most one binade, and
+ * i = g − [a < P[g]] + [a ≥ P[g + 1]] with P[k] = 2^(emin + k) settles it.
+ */
+export function exponentIndexCommands(
+  magnitude: string,
+  prefix: string,
+  emin: number,
+  emax: number,
+): Command[] {
+  const p = (name: string) => `${prefix}/${name}`;
+  const scalar = (name: string, v: number) => floatTensor(p(name), [], Float32Array.of(v));
+  const count = emax - emin + 2;
+  const powers = Float32Array.from({ length: count }, (_, k) => 2 ** (emin + k));
+  const tensors = [
+    scalar('invLn2', 1 / Math.LN2),
+    scalar('half', 0.5),
+    scalar('emin', emin),
+    scalar('emax', emax),
+    floatTensor(p('powers'), [count], powers),
+    makeTensor(p('one'), DataType.INT32, [], Int32Array.of(1)),
+  ];
+  const op = (name: string, opType: string, inputs: string[], attributes = {}): Command => ({
+    kind: 'addNode',
+    node: makeNode({ name: p(name), opType, inputs, outputs: [p(name)], attributes }),
+  });
   const toInt32 = { to: DataType.INT32 };
   return [
-    int32One(p),
+    ...tensors.map((tensor): Command => ({ kind: 'addInitializer', tensor })),
+    op('Log', 'Log', [magnitude]),
+    op('Log2', 'Mul', [p('Log'), p('invLn2')]),
+    op('Shifted', 'Add', [p('Log2'), p('half')]),
+    op('Floor', 'Floor', [p('Shifted')]),
+    op('Exponent', 'Clip', [p('Floor'), p('emin'), p('emax')]),
+    op('FromEmin', 'Sub', [p('Exponent'), p('emin')]),
+    op('Guess', 'Cast', [p('FromEmin')], toInt32),
     op('Low', 'Gather', [p('powers'), p('Guess')]),
     op('GuessUp', 'Add', [p('Guess'), p('one')]),
     op('High', 'Gather', [p('powers'), p('GuessUp')]),
-    op('Below', 'Less', [p('Magnitude'), p('Low')]),
+    op('Below', 'Less', [magnitude, p('Low')]),
     op('BelowInt', 'Cast', [p('Below')], toInt32),
-    op('Under', 'Less', [p('Magnitude'), p('High')]),
+    op('Under', 'Less', [magnitude, p('High')]),
     op('Above', 'Not', [p('Under')]),
     op('AboveInt', 'Cast', [p('Above')], toInt32),
     op('Lowered', 'Sub', [p('Guess'), p('BelowInt')]),
     op('Index', 'Add', [p('Lowered'), p('AboveInt')]),
   ];
-}
-
-function int32One(p: (name: string) => string): Command {
-  const tensor = makeTensor(p('one'), DataType.INT32, [], Int32Array.of(1));
-  return { kind: 'addInitializer', tensor };
 }
 
 /**
