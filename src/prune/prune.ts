@@ -36,9 +36,12 @@ export interface PruneOptions extends Reporting, SessionOptions {
   heads?: HeadsOption;
   /** Fraction of the head dimensions to remove (the same in every head); not with `heads`. */
   headDims?: number;
-  /** Default `wanda` with calibration images, `l2` without. */
+  /**
+   * Default `reconstruction` with calibration images (the best measured with ridge
+   * compensation), `l2` without.
+   */
   criterion?: CriterionName;
-  /** Default `local`. */
+  /** Default `global` with calibration images (scores on one scale), `local` without. */
   scope?: PruningScope;
   /**
    * Global and isomorphic scopes: the largest fraction of one group removed (default twice the
@@ -56,15 +59,15 @@ export interface PruneOptions extends Reporting, SessionOptions {
   ridgeAlpha?: number;
   /**
    * Ridge compensation block after block on the activations of the model pruned so far
-   * (default false; see sequential.ts), rather than in one pass from the dense model's. The
+   * (default true; see sequential.ts), rather than in one pass from the dense model's. The
    * calibration images are then held in memory.
    */
   sequential?: boolean;
-  /** Sequential compensation: what each refitted layer reproduces (default `dense`). */
+  /** Sequential compensation: what each refitted layer reproduces (default `local`). */
   fitTarget?: SequentialOptions['target'];
   /** Sequential compensation: refit the layers reading pruned channels, or every proj and fc2. */
   refit?: SequentialOptions['refit'];
-  /** Sequential compensation: how tokens are weighted in the fit (default `norm`). */
+  /** Sequential compensation: how tokens are weighted in the fit (default `none`). */
   tokenWeighting?: SequentialOptions['weighting'];
   /** Images the `ablation` criterion runs per unit (default 32, the first calibration ones). */
   ablationImages?: number;
@@ -135,7 +138,7 @@ interface Settings {
 
 function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Settings {
   const hasCalibration = o.calibration !== undefined;
-  const criterion = o.criterion ?? (hasCalibration ? 'wanda' : 'l2');
+  const criterion = o.criterion ?? (hasCalibration ? 'reconstruction' : 'l2');
   const compensation = o.compensation ?? (hasCalibration ? 'ridge' : 'none');
   const importance = createImportance(criterion, o.ridgeAlpha);
   const statistics = groups.length > 0 && (importance.needsActivations || compensation !== 'none');
@@ -144,11 +147,11 @@ function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Setti
       `criterion ${criterion} with compensation ${compensation} needs calibration images`,
     );
   }
-  const sequential = statistics && compensation === 'ridge' && (o.sequential ?? false);
+  const sequential = statistics && compensation === 'ridge' && (o.sequential ?? true);
   return {
     criterion,
     compensation,
-    scope: o.scope ?? 'local',
+    scope: o.scope ?? (hasCalibration ? 'global' : 'local'),
     importance,
     statistics,
     // sequential compensation collects its own Gram matrices on the pruned prefix

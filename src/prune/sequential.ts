@@ -7,9 +7,12 @@
  *
  * Two token streams are kept for every calibration image: the dense model's residual stream and
  * the pruned model's, at the current block's input. For each fitted layer the target is, by
- * default, what the dense block adds to its residual stream (the dense stream after the
- * residual Add minus the pruned stream before it), so the refit also takes out the error that
- * reaches the block; `local` asks only for the layer's own dense output on the pruned input.
+ * default (`local`), the layer's own dense output on the pruned input; `dense` asks for what the
+ * dense block adds to its residual stream (the dense stream after the residual Add minus the
+ * pruned stream before it), so that the refit also takes out the error reaching the block. On
+ * the ViT-Tiny (MLP −30 %, 256 calibration images, val-500) `dense` lost 1.4 to 1.6 points more
+ * than `local`: the error it chases is mostly not predictable from the layer's input, and
+ * fitting it on 256 images does not carry over to other images.
  * The fit is the ridge regression of compensate.ts (`fitTarget`, `fitKept`) over every token of
  * every image, pulled towards the layer's current weights.
  *
@@ -37,15 +40,15 @@ import type { GroupSelection } from './types.js';
 export interface SequentialOptions extends SessionOptions {
   /** Ridge strength relative to the kept channels' mean variance (default 1e-2). */
   alpha?: number;
-  /** What each refitted layer reproduces (default `dense`, see above). */
+  /** What each refitted layer reproduces (default `local`, see above). */
   target?: 'dense' | 'local';
   /** Which layers are refitted: those reading pruned channels (default), or every proj and fc2. */
   refit?: 'pruned' | 'all';
   /**
-   * How tokens count in the fit: `norm` (default) weighs each by 1/σ² of the residual stream
-   * after the layer's Add, the scale the next LayerNorm divides it by, so that the error is
-   * the one the next layer sees; `none` counts every token alike, and a few tokens of very
-   * large activations then dominate the fit.
+   * How tokens count in the fit: `none` (default) counts every token alike; `norm` weighs
+   * each by 1/σ² of the residual stream after the layer's Add, the scale the next LayerNorm
+   * divides it by, so that the error is the one the next layer sees and the few tokens of very
+   * large activations do not dominate the fit.
    */
   weighting?: 'norm' | 'none';
 }
@@ -138,10 +141,10 @@ async function fitLayer(
   // a dense target is what the block adds at the residual Add; it needs that Add to read the
   // layer's output as it is (no layer scale in between)
   const direct = addReads(index, spec);
-  const dense = (options.target ?? 'dense') === 'dense' && direct;
+  const dense = (options.target ?? 'local') === 'dense' && direct;
   const stats = await runner.layerMoments(working, block.input, layer, pruned, {
     target: dense ? { stream: target, base: spec.base } : undefined,
-    weightBy: (options.weighting ?? 'norm') === 'norm' ? spec.sum : undefined,
+    weightBy: (options.weighting ?? 'none') === 'norm' ? spec.sum : undefined,
   });
   const rows = toRows(layer, readConstant(index, layer.weight).data);
   const bias = readConstant(index, layer.bias!).data;
