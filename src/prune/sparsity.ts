@@ -129,7 +129,7 @@ function checkOptions(o: SparsifyOptions): SparsityPattern {
   return pattern;
 }
 
-/** The pruned weight of one layer, and its mask. */
+/** The pruned (and, by SparseGPT, updated) weight of one layer. */
 function sparsifyLayer(
   weight: WeightMatrix,
   moments: ChannelMoments | undefined,
