@@ -44,10 +44,14 @@ export type RecipeName = (typeof recipeNames)[number];
 
 /**
  * Simulated quantization methods: `baseline` rounds every point with the chosen observers'
- * ranges; `repq` is RepQ-ViT (arXiv:2212.08254).
+ * ranges; `repq` is RepQ-ViT (arXiv:2212.08254), `ptq4vit` PTQ4ViT (arXiv:2111.12293),
+ * `fqvit` FQ-ViT (arXiv:2111.13824).
  */
-export const methodNames = ['baseline', 'repq'] as const;
+export const methodNames = ['baseline', 'repq', 'ptq4vit', 'fqvit'] as const;
+/** How RepQ-ViT's weights are rounded: to nearest, GPTQ (arXiv:2210.17323) or ERQ (arXiv:2407.06794). */
+export const weightMethodNames = ['rtn', 'gptq', 'erq'] as const;
 export type MethodName = (typeof methodNames)[number];
+export type WeightMethodName = (typeof weightMethodNames)[number];
 
 const observerKind = z.enum(['minmax', 'percentile', 'mse', 'omse']);
 const bitWidth = z.coerce.number().int().min(2).max(8);
@@ -96,6 +100,8 @@ export const quantizeOptionsSchema = z
   .object({
     recipe: z.enum(recipeNames).optional(),
     method: z.enum(methodNames).default('baseline'),
+    weights: z.enum(weightMethodNames).default('rtn'),
+    noisyQuant: z.boolean().default(false),
     bits: z
       .string()
       .regex(/^w[2-8]a[2-8]$/i, 'expected WxAy with x and y in 2..8, e.g. w4a4')
@@ -128,6 +134,14 @@ export const quantizeOptionsSchema = z
   .refine((o) => o.overrides.length === 0 || (o.bits !== undefined && o.method === 'baseline'), {
     message: 'per-layer overrides apply to simulated baseline quantization (--bits WxAy)',
     path: ['overrides'],
+  })
+  .refine((o) => o.weights === 'rtn' || o.method === 'repq', {
+    message: 'GPTQ and ERQ weights run on a RepQ-ViT calibration: add --method repq',
+    path: ['weights'],
+  })
+  .refine((o) => !o.noisyQuant || o.method === 'ptq4vit', {
+    message: 'NoisyQuant runs with PTQ4ViT here: add --method ptq4vit',
+    path: ['noisyQuant'],
   })
   .refine((o) => o.method === 'baseline' || o.bits !== undefined, {
     message: 'a method other than baseline is simulated: give --bits WxAy with it',

@@ -18,6 +18,8 @@ import { readRecipeFile } from './recipe-file.js';
 const quantizeKeys = [
   'recipe',
   'method',
+  'weights',
+  'noisyQuant',
   'bits',
   'observer',
   'weightObserver',
@@ -45,8 +47,11 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     .option('--bits <WxAy>', 'simulated (fake-quant) bit widths, e.g. w4a4, w6a6, w8a8')
     .option(
       '--method <name>',
-      'simulated method with --bits: baseline (observers, default) | repq (RepQ-ViT)',
+      'simulated method with --bits: baseline (observers, default) | repq (RepQ-ViT) | ' +
+        'ptq4vit (PTQ4ViT) | fqvit (FQ-ViT)',
     )
+    .option('--weights <how>', 'RepQ-ViT weight rounding: rtn (default) | gptq | erq')
+    .option('--noisy-quant', 'PTQ4ViT with NoisyQuant noise before the post-GELU quantizers')
     .option('--observer <kind>', 'activation ranges: minmax | percentile | mse | omse')
     .option('--weight-observer <kind>', 'weight ranges: minmax | percentile | mse | omse')
     .option('--percentile <p>', 'percentile of the percentile observer (default 99.99)')
@@ -138,7 +143,8 @@ function modelConfig(p: PreprocessConfig): string {
 }
 
 function summaryLine(out: string, report: Awaited<ReturnType<typeof quantizeModel>>['report']) {
-  const parts = [`wrote ${out}/model.onnx (${report.recipe}, ${report.kind})`];
+  const what = [report.recipe, report.method, report.weights].filter((w) => w && w !== 'rtn');
+  const parts = [`wrote ${out}/model.onnx (${what.join(' ')}, ${report.kind})`];
   if (report.kernels) {
     parts.push(`integer kernels ${report.kernels.integer}/${report.kernels.layers.length}`);
   }

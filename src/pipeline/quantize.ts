@@ -8,14 +8,20 @@ import { openDataset, sampleDataset, type PreprocessConfig } from '../data/index
 import { CalibrationError, InputError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
-import type { MethodName, QuantizeOptions, RunOptions } from '../options.js';
+import type { MethodName, QuantizeOptions, RunOptions, WeightMethodName } from '../options.js';
 import { activationRanges, calibrate, defaultValues } from '../quant/calibrate.js';
 import { exportDynamic } from '../quant/deploy/dynamic.js';
 import { exportInt4 } from '../quant/deploy/int4.js';
 import { countIntegerKernels, type KernelCount } from '../quant/deploy/kernels.js';
 import { deployLayers } from '../quant/deploy/layers.js';
 import { exportQdq, qdqCalibrationValues } from '../quant/deploy/qdq.js';
-import { quantizeRepQ, type RepQResult } from '../quant/methods/repq.js';
+import { erqWeights } from '../quant/methods/erq.js';
+import { quantizeFqVit, type FqVitReport } from '../quant/methods/fqvit.js';
+import { gptqWeights } from '../quant/methods/gptq.js';
+import { quantizePtq4Vit } from '../quant/methods/ptq4vit.js';
+import type { Ptq4VitReport } from '../quant/methods/ptq4vit-types.js';
+import { calibrateRepQ, insertRepQQuantizers, type RepQResult } from '../quant/methods/repq.js';
+import type { CaptureBatch } from '../runtime/capture.js';
 import type { DeployLayerRow } from '../quant/deploy/types.js';
 import type { ActivationRanges } from '../quant/types.js';
 import { excludePoints, type KeptPoint } from '../quant/quant-points.js';
@@ -51,7 +57,11 @@ export interface QuantizeReport {
   simulation?: SimulationReport;
   /** The simulated method, when not the observer baseline. */
   method?: MethodName;
+  /** RepQ-ViT's weight rounding. */
+  weights?: WeightMethodName;
   repq?: RepQResult['report'];
+  ptq4vit?: Ptq4VitReport;
+  fqvit?: FqVitReport;
   keptFloat: KeptPoint[];
   output: { bytes: number; sha256: string; parameters: number; macs: number };
   evaluation?: EvaluationReport;
@@ -251,7 +261,7 @@ function bitWidths(bits: string): { weightBits: number; activationBits: number }
 
 async function simulated(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
   const { source, options } = request;
-  if (options.method === 'repq') return repq(request, reporting);
+  if (options.method !== 'baseline') return method(request, reporting);
   const { weightBits, activationBits } = bitWidths(options.bits!);
   const values = defaultValues(source.structure);
   const { result, summary } = await calibrateValues(request, values, reporting);
@@ -278,41 +288,141 @@ async function simulated(request: QuantizeRequest, reporting: Reporting): Promis
   };
 }
 
-/** RepQ-ViT: sequential percentile-MSE calibration, LayerNorm reparameterisation, log√2 softmax. */
-async function repq(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
+/** The methods of the literature: each calibrates on the held sample and reports itself. */
+async function method(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
   const { source, options, run } = request;
   const { sample, batches, unreadable, path } = await calibrationSample(request, reporting);
-  const result = await quantizeRepQ(source.model, source.structure, batches(), {
+  const held: CaptureBatch[] = [];
+  // a dataset reuses its batch buffers: copy what is held
+  await (async () => {
+    for await (const b of batches()) held.push({ data: b.data.slice(), dims: [...b.dims] });
+  })().catch(unreadable);
+  if (held.length === 0) unreadable(new CalibrationError('no calibration image was read'));
+  const common = {
     ...bitWidths(options.bits!),
     keepFloat: options.keepFloat,
     threads: run.threads,
     logger: reporting.logger,
     onProgress: reporting.onProgress,
-  }).catch(unreadable);
-  const { calibration } = result.report;
-  return {
-    model: result.model,
-    report: {
-      kind: 'simulated',
-      recipe: options.bits!,
-      method: 'repq',
-      calibration: {
-        path,
-        images: calibration.images,
-        seed: options.seed,
-        observer: 'percentile-mse',
-        seconds: calibration.seconds,
-        tensors: result.report.activations.length,
-      },
-      repq: result.report,
-      keptFloat: result.report.keptFloat,
-      notes: [
-        simulatedNote,
-        `RepQ-ViT (arXiv:2212.08254): post-LayerNorm activations calibrated per channel and ` +
-          `folded into the LayerNorm and the next layer, log√2 softmax quantizer, ` +
-          `percentile-MSE initialisation, sequential calibration; no back-propagation needed. ` +
-          `Calibration used ${sample.size} images.`,
-      ],
-    },
   };
+  const summary = (seconds: number, tensors: number, observer: string): CalibrationSummary => ({
+    path,
+    images: sample.size,
+    seed: options.seed,
+    observer,
+    seconds,
+    tensors,
+  });
+  const base = { kind: 'simulated' as const, recipe: options.bits!, method: options.method };
+  switch (options.method) {
+    case 'repq': {
+      let calibration = await calibrateRepQ(source.model, source.structure, held, common);
+      const weightOptions = { threads: run.threads, ...reporting };
+      if (options.weights === 'gptq') {
+        calibration = await gptqWeights(calibration, held, pickReporting(weightOptions));
+      } else if (options.weights === 'erq') {
+        calibration = await erqWeights(calibration, held, pickReporting(weightOptions));
+      }
+      const result = insertRepQQuantizers(calibration);
+      const r = result.report;
+      return {
+        model: result.model,
+        report: {
+          ...base,
+          weights: options.weights,
+          calibration: summary(r.calibration.seconds, r.activations.length, 'percentile-mse'),
+          repq: r,
+          keptFloat: r.keptFloat,
+          notes: [simulatedNote, ...methodNotes(options.method, options.weights)],
+        },
+      };
+    }
+    case 'ptq4vit': {
+      const result = await quantizePtq4Vit(source.model, source.structure, held, {
+        ...common,
+        noisyQuant: options.noisyQuant ? 'post-gelu' : 'off',
+      });
+      const r = result.report;
+      return {
+        model: result.model,
+        report: {
+          ...base,
+          calibration: summary(r.calibration.seconds, r.activations.length, 'output search'),
+          ptq4vit: r,
+          keptFloat: r.keptFloat,
+          notes: [simulatedNote, ...methodNotes(options.method, 'rtn', options.noisyQuant)],
+        },
+      };
+    }
+    case 'fqvit': {
+      const result = await quantizeFqVit(source.model, source.structure, held, common);
+      const r = result.report;
+      const tensors = r.simulation.activations.length + r.ptf.length + r.softmax.roles.length;
+      return {
+        model: result.model,
+        report: {
+          ...base,
+          calibration: summary(r.calibration.seconds, tensors, 'minmax + PTF'),
+          fqvit: r,
+          keptFloat: r.simulation.keptFloat,
+          notes: [simulatedNote, ...methodNotes(options.method)],
+        },
+      };
+    }
+    default:
+      throw new InputError(`unknown method ${options.method}`);
+  }
+}
+
+function pickReporting(o: { threads?: number } & Reporting) {
+  return { threads: o.threads, logger: o.logger, onProgress: o.onProgress };
+}
+
+/** What each method is and what of its paper is approximated, for the report. */
+function methodNotes(
+  name: MethodName,
+  weights: WeightMethodName = 'rtn',
+  noisyQuant = false,
+): string[] {
+  const notes: string[] = [];
+  if (name === 'repq') {
+    notes.push(
+      'RepQ-ViT (arXiv:2212.08254): post-LayerNorm activations calibrated per channel and ' +
+        'folded into the LayerNorm and the next layer, log√2 softmax quantizer, percentile-MSE ' +
+        'initialisation, sequential calibration; no back-propagation needed.',
+    );
+  }
+  if (weights === 'gptq') {
+    notes.push(
+      'weights by GPTQ (arXiv:2210.17323) on the RepQ-ViT grids: float64 Cholesky of the ' +
+        'Hessian of each layer’s quantized inputs, stage by stage.',
+    );
+  }
+  if (weights === 'erq') {
+    notes.push(
+      'weights by ERQ (arXiv:2407.06794) on the RepQ-ViT grids: closed-form ridge ' +
+        'corrections for the activation and weight quantization errors.',
+    );
+  }
+  if (name === 'ptq4vit') {
+    notes.push(
+      'PTQ4ViT (arXiv:2111.12293): twin uniform quantizers after softmax and GELU, scales ' +
+        'searched on each layer’s output. Its Hessian-guided distance needs gradients of the ' +
+        'task loss; the gradient-free cosine distance of the paper is used instead.',
+    );
+  }
+  if (noisyQuant) {
+    notes.push(
+      'NoisyQuant (arXiv:2211.16056): a fixed noise added before the post-GELU quantizers and ' +
+        'removed after, its amplitude searched on the layer output.',
+    );
+  }
+  if (name === 'fqvit') {
+    notes.push(
+      'FQ-ViT (arXiv:2111.13824): power-of-two factors on the LayerNorm inputs, log2 softmax ' +
+        'grid (4 bits), min-max elsewhere. Simulated in float: the integer softmax exponential ' +
+        'and the integer LayerNorm of the paper are not reproduced.',
+    );
+  }
+  return notes;
 }

@@ -30,7 +30,8 @@ export function quantizeReportJson(report: QuantizeReport, context: ReportContex
 
 export function quantizeReportMarkdown(report: QuantizeReport, context: ReportContext): string {
   const parts = [
-    `# vitslim quantize: ${report.recipe}${report.method ? ` ${report.method}` : ''} ` +
+    `# vitslim quantize: ${report.recipe}${report.method ? ` ${report.method}` : ''}` +
+      `${report.weights && report.weights !== 'rtn' ? ` + ${report.weights}` : ''} ` +
       `(${report.kind})`,
     `Input: \`${context.input.path}\` (${megabytes(context.input.bytes)}). ` +
       `Output: model.onnx (${megabytes(report.output.bytes)}, ` +
@@ -60,6 +61,32 @@ export function quantizeReportMarkdown(report: QuantizeReport, context: ReportCo
   }
   if (report.simulation) parts.push(simulationMarkdown(report));
   if (report.repq) parts.push(repqMarkdown(report.repq));
+  if (report.ptq4vit) {
+    const r = report.ptq4vit;
+    parts.push(
+      `## PTQ4ViT\n\nMetric ${r.metric}, softmax ${r.softmax}, post-GELU ${r.gelu}, ` +
+        `per-head q/k/v ${r.perHead ? 'yes' : 'no'}, NoisyQuant ${r.noisyQuant}; ` +
+        `${r.layers.length} layers searched in ${r.calibration.seconds.toFixed(1)} s.`,
+    );
+  }
+  if (report.fqvit) {
+    const r = report.fqvit;
+    parts.push(
+      `## FQ-ViT\n\n${r.ptf.length} LayerNorm inputs with power-of-two factors, ` +
+        `${r.softmax.roles.length} softmax outputs on a ${r.softmax.bits}-bit log2 grid, ` +
+        `${r.calibration.seconds.toFixed(1)} s.`,
+      markdownTable(
+        ['LayerNorm input', 'bits', 'base step', 'zero point', 'channels per factor 1, 2, 4, 8…'],
+        r.ptf.map((p) => [
+          p.role,
+          p.bits,
+          p.baseScale.toPrecision(4),
+          p.zeroPoint,
+          p.factors.join(', '),
+        ]),
+      ),
+    );
+  }
   if (report.keptFloat.length) {
     parts.push(`Kept in float: ${report.keptFloat.map((k) => k.role).join(', ')}.`);
   }

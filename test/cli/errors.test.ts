@@ -157,6 +157,16 @@ describe('the CLI on bad input', () => {
       ...out,
     ]);
     expect(errorLines(count.stderr)[0]).toMatch(/--calib-count/);
+    const gptq = await vitslim([
+      'quantize',
+      vitMnist,
+      '--bits',
+      'w4a4',
+      '--weights',
+      'gptq',
+      ...out,
+    ]);
+    expect(errorLines(gptq.stderr)[0]).toMatch(/--weights.*--method repq/);
     const override = ['--bits', 'w4a4', '--override', 'head=x8', ...out];
     const bad = await vitslim(['quantize', vitMnist, ...override]);
     expect(errorLines(bad.stderr)[0]).toMatch(/--override.*"head=x8".*"x8"/);
