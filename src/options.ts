@@ -48,7 +48,10 @@ export type RecipeName = (typeof recipeNames)[number];
  * `fqvit` FQ-ViT (arXiv:2111.13824).
  */
 export const methodNames = ['baseline', 'repq', 'ptq4vit', 'fqvit'] as const;
-/** How RepQ-ViT's weights are rounded: to nearest, GPTQ (arXiv:2210.17323) or ERQ (arXiv:2407.06794). */
+/**
+ * How RepQ-ViT's weights are rounded: to nearest, GPTQ (arXiv:2210.17323) or ERQ
+ * (arXiv:2407.06794).
+ */
 export const weightMethodNames = ['rtn', 'gptq', 'erq'] as const;
 export type MethodName = (typeof methodNames)[number];
 export type WeightMethodName = (typeof weightMethodNames)[number];
