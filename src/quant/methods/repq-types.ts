@@ -29,9 +29,11 @@ export const repqOptionsSchema = z.strictObject({
   softmax: z.enum(['log-sqrt2', 'log2', 'uniform']).default('log-sqrt2'),
   /**
    * Zero point of a reparameterised LayerNorm output: the mean of the channels' (RepQ's code) or
-   * that mean rounded, which makes the per-tensor grid exactly the per-channel one.
+   * that mean rounded (default), which makes the per-tensor grid exactly the per-channel one.
+   * Measured on the ViT-Tiny (val-500, 32 images): rounded W8A8 81.0 / W6A6 78.0 / W4A4 29.0
+   * (seeds 1, 2: 32.0, 33.2), mean 80.2 / 78.4 / 28.0 (30.2, 32.4).
    */
-  zeroPoint: z.enum(['mean', 'rounded']).default('mean'),
+  zeroPoint: z.enum(['mean', 'rounded']).default('rounded'),
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
   /**
