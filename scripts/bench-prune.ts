@@ -10,6 +10,7 @@
  *   npm run bench:prune                    # every row, all 500 images
  *   npm run bench:prune -- --quick         # 100 images, fewer timed runs
  *   npm run bench:prune -- --only w8a8     # rows whose label contains "w8a8"
+ *   npm run bench:prune -- --only "MLP −30 %"   # that row alone (an exact label)
  */
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -241,7 +242,10 @@ async function main(): Promise<void> {
     realised: '(speed-up − 1) / (MAC reduction − 1), speed-up = fp32 time / candidate time',
   };
   const rows: Row[] = [];
-  const chosen = configs.filter((c) => !flags.only || c.label.includes(flags.only));
+  // a label given exactly picks that row alone; otherwise every label containing the text
+  const exact = configs.filter((c) => c.label === flags.only);
+  const chosen =
+    exact.length > 0 ? exact : configs.filter((c) => !flags.only || c.label.includes(flags.only));
   for (const config of chosen) {
     process.stderr.write(`bench:prune: ${config.label}\n`);
     const row = await benchOne(config);
