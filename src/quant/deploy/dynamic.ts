@@ -28,12 +28,14 @@ import { DataType } from '../../onnx/tensor.js';
 import type { LinearLayer } from '../../vit/types.js';
 import { RewriteBuilder } from './builder.js';
 import { deployLayers, type LayerSource } from './layers.js';
-import type { DeployLayerRow, DeployResult } from './types.js';
+import type { DeployLayerRow, DeployResult, WeightRange } from './types.js';
 import { quantizeWeightPerChannel, type ChannelQuantizedWeight } from './weights.js';
 
 export interface DynamicOptions {
   /** Roles (or node names) to leave in float. */
   exclude?: readonly string[];
+  /** Grid of the int8 weights (default `reduced`: exact on every x86 CPU, see `WeightRange`). */
+  weightRange?: WeightRange;
 }
 
 /** Exports `model` with every MatMul/Gemm layer in the dynamic int8 form. */
@@ -52,7 +54,7 @@ export function exportDynamic(
       layers.push(floatRow(index, layer, reason));
       continue;
     }
-    layers.push(addDynamicLayer(builder, index, layer, 'dynamic-int8 recipe'));
+    layers.push(addDynamicLayer(builder, index, layer, 'dynamic-int8 recipe', options.weightRange));
   }
   const result = applyCommands(model, builder.commands, {
     removeUnused: true,
@@ -70,8 +72,9 @@ export function addDynamicLayer(
   index: GraphIndex,
   layer: LinearLayer,
   reason: string,
+  weightRange?: WeightRange,
 ): DeployLayerRow {
-  const weight = quantizeWeightPerChannel(index, layer);
+  const weight = quantizeWeightPerChannel(index, layer, weightRange);
   const [k, n] = [layer.inFeatures, layer.outFeatures];
   const codes = weight.axis === 1 ? weight.values : transpose(weight.values, n, k);
   const base = layer.node;

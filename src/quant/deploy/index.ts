@@ -12,4 +12,11 @@ export {
   type LayerKernel,
 } from './kernels.js';
 export { deployLayers, type LayerSource } from './layers.js';
-export type { ActivationType, DeployLayerRow, DeployResult, LayerForm } from './types.js';
+export type {
+  ActivationType,
+  DeployLayerRow,
+  DeployResult,
+  LayerForm,
+  WeightRange,
+} from './types.js';
+export { defaultWeightRange } from './types.js';

@@ -32,7 +32,13 @@ import {
 } from './builder.js';
 import { addDynamicLayer, floatRow, row } from './dynamic.js';
 import { deployLayers, type LayerSource } from './layers.js';
-import type { ActivationType, DeployLayerRow, DeployResult, LayerForm } from './types.js';
+import type {
+  ActivationType,
+  DeployLayerRow,
+  DeployResult,
+  LayerForm,
+  WeightRange,
+} from './types.js';
 import { quantizeWeightPerChannel } from './weights.js';
 
 /**
@@ -59,6 +65,8 @@ export interface QdqOptions {
    * as wide as the median of its kind (`mlp.fc2` of every block, …) stays float (default 8).
    */
   outlierRatio?: number;
+  /** Grid of the int8 weights (default `reduced`: exact on every x86 CPU, see `WeightRange`). */
+  weightRange?: WeightRange;
 }
 
 /**
@@ -219,7 +227,13 @@ export function exportQdq(
       case 'qdq-float-output':
         return addQdqLayer(context, layer, form, options);
       case 'dynamic':
-        return addDynamicLayer(context.builder, index, layer, reason(layer, options));
+        return addDynamicLayer(
+          context.builder,
+          index,
+          layer,
+          reason(layer, options),
+          options.weightRange,
+        );
       default:
         return floatRow(index, layer, reason(layer, options, outliers));
     }
@@ -285,7 +299,7 @@ function addQdqLayer(
   const xParams = activationParams(context.ranges, layer.input, context.type);
   const xDq = sharedQdq(context, layer.input, xParams);
 
-  const weight = quantizeWeightPerChannel(index, layer);
+  const weight = quantizeWeightPerChannel(index, layer, options.weightRange);
   const wDq = weightDequantize(builder, layer.weight, weight, true);
   builder.push(
     { kind: 'setNodeInput', node: layer.node, index: 0, value: xDq },

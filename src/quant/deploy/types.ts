@@ -33,3 +33,19 @@ export interface DeployResult {
 
 /** Element type of quantized activations: uint8 asymmetric (U8S8) or int8 asymmetric (S8S8). */
 export type ActivationType = 'uint8' | 'int8';
+
+/**
+ * Grid of the int8 per-channel weights that onnxruntime multiplies with uint8 activations:
+ * - `reduced` (default): codes in [−64, 64], scale max|W_c| / 64. onnxruntime's u8×s8 kernel
+ *   on x86 CPUs without VNNI (AVX2, plain AVX-512) adds two u8·s8 products in a saturating
+ *   int16 (`vpmaddubsw`); 2 · 255 · 64 = 32640 always fits, 2 · 255 · 127 = 64770 does not. The
+ *   same model then gives the same results on every CPU, at one bit less of weight precision.
+ * - `full`: codes in [−127, 127], scale max|W_c| / 127; a little more precise on CPUs whose
+ *   kernel sums in 32 bits (x86 with AVX-512 VNNI or AVX-VNNI, ARM), and wrong on the others
+ *   wherever a pair of products saturates — which CPU will run a model is rarely known when it
+ *   is exported.
+ */
+export type WeightRange = 'reduced' | 'full';
+
+/** The weight grid every export uses unless told otherwise (see `WeightRange`). */
+export const defaultWeightRange: WeightRange = 'reduced';

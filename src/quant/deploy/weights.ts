@@ -1,12 +1,14 @@
 /**
  * Weight quantizers of the deployable exports: symmetric int8 per output channel (QDQ and
- * dynamic recipes) and blockwise 4-bit along the input features (MatMulNBits).
+ * dynamic recipes, on the grid of `WeightRange`) and blockwise 4-bit along the input features
+ * (MatMulNBits).
  */
 import type { LinearLayer } from '../../vit/types.js';
 import type { GraphIndex } from '../../graph/graph.js';
 import { InputError } from '../../errors.js';
-import { channelRanges, intRange, quantize, roundHalfEven, symmetricParams } from '../uniform.js';
+import { channelRanges, quantize, roundHalfEven, symmetricParams } from '../uniform.js';
 import { outputChannelAxis } from './layers.js';
+import { defaultWeightRange, type WeightRange } from './types.js';
 
 /** A weight as integer codes with one scale per output channel (zero point 0). */
 export interface ChannelQuantizedWeight {
@@ -31,18 +33,29 @@ export function layerWeight(index: GraphIndex, layer: LinearLayer) {
   return { values, dims };
 }
 
+/** Largest code magnitude of each weight grid. */
+const weightBound: Record<WeightRange, number> = { reduced: 64, full: 127 };
+
 /**
- * Symmetric int8 per output channel: scale_c = max|W_c| / 127, q = roundHalfEven(W / scale_c).
- * Codes stay in [−127, 127] (−128 never occurs), the range onnxruntime's own quantizer uses
- * for symmetric weights. An all-zero channel gets scale 1 and codes 0.
+ * Symmetric int8 per output channel: scale_c = max|W_c| / B, q = roundHalfEven(W / scale_c),
+ * with B = 64 on the `reduced` grid (codes in [−64, 64]) and B = 127 on the `full` one (codes in
+ * [−127, 127]; −128 never occurs, as in onnxruntime's own quantizer). An all-zero channel gets
+ * scale 1 and codes 0. Example, reduced: a channel [0.32, −0.05, 0.1] has scale 0.32 / 64 = 0.005
+ * and codes [64, −10, 20]; on the full grid, scale 0.32 / 127 and codes [127, −20, 40]
+ * (−19.84 → −20, 39.69 → 40).
  */
 export function quantizeWeightPerChannel(
   index: GraphIndex,
   layer: LinearLayer,
+  weightRange: WeightRange = defaultWeightRange,
 ): ChannelQuantizedWeight {
   const { values, dims } = layerWeight(index, layer);
   const axis = outputChannelAxis(layer);
-  const range = intRange(8, true);
+  const bound = weightBound[weightRange];
+  if (bound === undefined) {
+    throw new RangeError(`weightRange must be 'reduced' or 'full', got '${String(weightRange)}'`);
+  }
+  const range = { qmin: -bound, qmax: bound };
   const { min, max } = channelRanges(values, dims, axis);
   const params = Array.from(min, (lo, c) => {
     const p = symmetricParams(lo, max[c]!, range);

@@ -14,17 +14,24 @@ import {
   weight,
   weightCodes,
   weightScales,
+  fullWeightCodes,
+  fullWeightScales,
   bias,
 } from './tiny.js';
+import { saturationCase } from './saturation.js';
 
 const fc = [matmulLayer(4, 3)];
 const x = Float32Array.from({ length: 40 }, (_, i) => Math.sin(i * 1.3) * 2 + 0.5);
 
 /** DynamicQuantizeLinear → MatMulInteger → Cast → Mul(x scale) → Mul(w scales) → Add(b). */
-function dynamicReference(inputDims: (number | string)[]) {
+function dynamicReference(
+  inputDims: (number | string)[],
+  codes = weightCodes,
+  scales = weightScales,
+) {
   const g = new TinyGraph();
-  g.tensor('Wq', DataType.INT8, [4, 3], Int8Array.from(weightCodes));
-  g.floats('sw', [3], weightScales);
+  g.tensor('Wq', DataType.INT8, [4, 3], Int8Array.from(codes));
+  g.floats('sw', [3], scales);
   g.floats('b', [3], bias);
   g.opMulti('DynamicQuantizeLinear', ['x'], ['xq', 'sx', 'zx']);
   g.op('MatMulInteger', ['xq', 'Wq', 'zx'], 'acc');
@@ -71,6 +78,23 @@ describe('exportDynamic', () => {
       optimization: 'disabled',
     });
     expect(maxAbsDiff(await runModel(model, x2, [5, 4]), expected)).toBeLessThan(1e-5);
+  });
+
+  it('puts the weights on the full grid when asked, with the hand-made full-grid codes', async () => {
+    const original = matmulWithBias(weight, bias, ['N', 5, 4]);
+    const { model } = exportDynamic(original, fc, { weightRange: 'full' });
+    const index = new GraphIndex(model);
+    expect(Array.from(index.constantFloat32('W_quantized')!)).toEqual(fullWeightCodes);
+
+    const reference = dynamicReference(['N', 5, 4], fullWeightCodes, fullWeightScales);
+    const expected = await runModel(reference, x, [2, 5, 4], { optimization: 'disabled' });
+    expect(maxAbsDiff(await runModel(model, x, [2, 5, 4]), expected)).toBeLessThan(1e-5);
+  });
+
+  it('gives the exact product where two u8·s8 products overflow int16 (x86 without VNNI)', async () => {
+    const { model, x: input, dims, expected } = saturationCase();
+    const { model: exported } = exportDynamic(model, saturationCase.layers);
+    expect(maxAbsDiff(await runModel(exported, input, dims), expected)).toBeLessThan(1e-4);
   });
 
   it('leaves excluded layers float', () => {

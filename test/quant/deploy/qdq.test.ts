@@ -17,8 +17,10 @@ import {
   weight,
   weightCodes,
   weightScales,
+  fullWeightCodes,
   bias,
 } from './tiny.js';
+import { saturationCase } from './saturation.js';
 
 // x calibrated to [−1, 3]: uint8 scale 4/255, zero point round(1 / (4/255)) = round(63.75) = 64.
 // MatMul output calibrated to [−6, 6]: scale 12/255, zero point round(127.5) = 128 (half to even).
@@ -65,7 +67,7 @@ describe('exportQdq on one MatMul with bias', () => {
     expect(Array.from(index.constantFloat32('xw_zero_point')!)).toEqual([yZeroPoint]);
     expect(Array.from(index.constantFloat32('W_quantized')!)).toEqual(weightCodes);
     const scales = Array.from(index.constantFloat32('W_scale')!);
-    scales.forEach((s, c) => expect(s).toBeCloseTo(weightScales[c]!, 9));
+    expect(scales).toEqual(weightScales.map(Math.fround));
   });
 
   it('full QDQ runs as QLinearMatMul and matches QuantizeLinear/MatMulInteger to one output step', async () => {
@@ -103,6 +105,25 @@ describe('exportQdq on one MatMul with bias', () => {
     expect(maxAbsDiff(await runModel(model, x, dims), expected)).toBeLessThan(1e-5);
   });
 
+  it('puts the weights on the full grid when asked, with the hand-made full-grid codes', () => {
+    const original = matmulWithBias(weight, bias, inputDims);
+    const { model } = exportQdq(original, fc, ranges, { policy: 'static', weightRange: 'full' });
+    const index = new GraphIndex(model);
+    expect(Array.from(index.constantFloat32('W_quantized')!)).toEqual(fullWeightCodes);
+    const scales = Array.from(index.constantFloat32('W_scale')!);
+    expect(scales).toEqual([0.01, 0.005, 0.02].map(Math.fround));
+  });
+
+  it('the static policy gives the exact product where two u8·s8 products overflow int16', async () => {
+    const { model, x: input, dims, expected } = saturationCase();
+    const { model: exported } = exportQdq(model, saturationCase.layers, saturationCase.ranges, {
+      policy: 'static',
+    });
+    const kernels = await countIntegerKernels(exported, saturationCase.layers, model);
+    expect(kernels.layers.map((l) => l.kernel)).toEqual(['MatMulIntegerToFloat']);
+    expect(maxAbsDiff(await runModel(exported, input, dims), expected)).toBeLessThan(1e-4);
+  });
+
   it('asks only for the ranges its policy quantizes with', () => {
     const model = matmulWithBias(weight, bias, inputDims);
     expect(qdqCalibrationValues(model, fc, { policy: 'full-qdq' })).toEqual(['x', 'xw']);
@@ -136,12 +157,15 @@ describe('exportQdq on other layouts', () => {
 
     const index = new GraphIndex(model);
     const biasCodes = Array.from(index.constantFloat32('b_quantized')!);
-    // hand: 0.1234 / (4/255 · 0.01) = 786.7 → 787; −0.2468 · 12750 → −3147; 0.4321 · 3187.5 → 1377
-    expect(biasCodes).toEqual([787, -3147, 1377]);
+    // hand: b / (sx · sw) with sx = 4/255 and sw = max|W_c| / 64, i.e. b · 255 · 64 / (4 · max):
+    // 0.1234 · 16320 / 5.08 = 396.4 → 396; −0.2468 · 16320 / 2.54 = −1585.7 → −1586;
+    // 0.4321 · 16320 / 10.16 = 694.1 → 694
+    expect(biasCodes).toEqual([396, -1586, 694]);
 
     const g = new TinyGraph();
     const xw = integerMatMulReference(g);
-    g.floats('bq', [3], [787 * xScale * 0.01, -3147 * xScale * 0.005, 1377 * xScale * 0.02]);
+    const [s0, s1, s2] = weightScales as [number, number, number];
+    g.floats('bq', [3], [396 * xScale * s0, -1586 * xScale * s1, 694 * xScale * s2]);
     g.op('Add', [xw, 'bq'], 'y');
     const x2 = x.subarray(0, 20);
     const expected = await runModel(g.model([5, 4]), x2, [5, 4], { optimization: 'disabled' });

@@ -168,14 +168,20 @@ export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return worst;
 }
 
-// W [4, 3]: column maxima 1.27, 0.635 and 2.54, so the symmetric int8 per-channel scales are
-// 0.01, 0.005 and 0.02 and every weight is an exact multiple of its scale (codes by hand).
+// W [4, 3]: column maxima 1.27, 0.635 and 2.54. On the full int8 grid (|q| ≤ 127) the
+// per-channel scales are 0.01, 0.005 and 0.02 and every weight is an exact multiple of its scale.
+// On the reduced grid (|q| ≤ 64, the default) they are 1.27/64, 0.635/64 and 2.54/64; by hand,
+// column 0: −0.3·64/1.27 = −15.12 → −15, 0.05·64/1.27 = 2.52 → 3, 0.6·64/1.27 = 30.24 → 30;
+// column 1: 0.5·64/0.635 = 50.39 → 50, −0.2·64/0.635 = −20.16 → −20, 0.1·64/0.635 = 10.08 → 10;
+// column 2: 1.0·64/2.54 = 25.20 → 25, 0.02·64/2.54 = 0.504 → 1, −0.5·64/2.54 = −12.60 → −13.
 export const weight = [
   [1.27, 0.5, -2.54],
   [-0.3, 0.635, 1.0],
   [0.05, -0.2, 0.02],
   [0.6, 0.1, -0.5],
 ];
-export const weightCodes = [127, 100, -127, -30, 127, 50, 5, -40, 1, 60, 20, -25];
-export const weightScales = [0.01, 0.005, 0.02];
+export const weightCodes = [64, 50, -64, -15, 64, 25, 3, -20, 1, 30, 10, -13];
+export const weightScales = [1.27 / 64, 0.635 / 64, 2.54 / 64];
+export const fullWeightCodes = [127, 100, -127, -30, 127, 50, 5, -40, 1, 60, 20, -25];
+export const fullWeightScales = [0.01, 0.005, 0.02];
 export const bias = [0.1234, -0.2468, 0.4321];
