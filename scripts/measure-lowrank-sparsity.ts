@@ -12,7 +12,7 @@
  *
  *   npx tsx scripts/measure-lowrank-sparsity.ts                       # every row
  *   npx tsx scripts/measure-lowrank-sparsity.ts --only lowrank --val 100 --ranks 0.5,0.9
- *   npx tsx scripts/measure-lowrank-sparsity.ts --only sparsity --sparse-latency
+ *   npx tsx scripts/measure-lowrank-sparsity.ts --only sparsity --sparse-latency --patterns 2:4
  *   npx tsx scripts/measure-lowrank-sparsity.ts --only lowrank --options '{"allocation":"uniform"}'
  *
  * The rows are printed as Markdown tables and written to bench-results/lowrank-sparsity.json.
@@ -148,12 +148,12 @@ const sparsityConfigs: Pick<SparsifyOptions, 'pattern' | 'sparsity'>[] = [
   { pattern: '2:4' },
 ];
 
-async function sparsityRows(s: Settings, latency: boolean) {
+async function sparsityRows(s: Settings, latency: boolean, patterns: string[]) {
   const rows: Record<string, unknown>[] = [];
   console.log('\nsparsity of every block layer');
   console.log('| pattern | method | top-1 | zeros | output error | gzip ratio | speed-up b1 | s |');
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
-  for (const config of sparsityConfigs) {
+  for (const config of sparsityConfigs.filter((c) => patterns.includes(c.pattern))) {
     for (const method of ['magnitude', 'wanda', 'sparsegpt'] as const) {
       const started = performance.now();
       const { model, report } = await sparsifyModel(s.model, s.structure, {
@@ -206,6 +206,7 @@ async function main(): Promise<void> {
       runs: { type: 'string', default: '30' },
       'sparse-latency': { type: 'boolean', default: false },
       options: { type: 'string', default: '{}' },
+      patterns: { type: 'string', default: 'unstructured,2:4' },
     },
   });
   const model = await loadModel(modelPath);
@@ -233,7 +234,8 @@ async function main(): Promise<void> {
     results.lowRank = await lowRankRows(settings, ranks, values.layers.split(','));
   }
   if (!values.only || values.only === 'sparsity') {
-    results.sparsity = await sparsityRows(settings, values['sparse-latency']);
+    const patterns = values.patterns.split(',');
+    results.sparsity = await sparsityRows(settings, values['sparse-latency'], patterns);
   }
   const folder = join(packageRoot(), 'bench-results');
   await mkdir(folder, { recursive: true });
