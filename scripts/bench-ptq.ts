@@ -29,7 +29,8 @@ const root = packageRoot();
 const fixtures = join(root, '..', 'shared', 'fixtures');
 const threads = 2;
 
-type Method = 'fp32' | 'minmax' | 'repq' | 'ptq4vit' | 'repq+gptq' | 'repq+erq';
+type Method =
+  'fp32' | 'minmax' | 'repq' | 'ptq4vit' | 'ptq4vit-noisyquant' | 'repq+gptq' | 'repq+erq';
 
 interface RowSpec {
   target: 'vit-tiny opset 17' | 'vit-tiny opset 13' | 'mnist vit';
@@ -111,6 +112,7 @@ function rowSpecs(quick: boolean): RowSpec[] {
   specs.push({ target: 'mnist vit', method: 'repq', bits: 'w4a4' });
   for (const bits of ['w8a8', 'w6a6', 'w4a4', 'w3a3'])
     specs.push({ target: tiny, method: 'ptq4vit', bits });
+  specs.push({ target: tiny, method: 'ptq4vit-noisyquant', bits: 'w4a4' });
   specs.push({ target: 'vit-tiny opset 13', method: 'ptq4vit', bits: 'w4a4' });
   specs.push({ target: 'mnist vit', method: 'ptq4vit', bits: 'w4a4' });
   for (const method of ['repq+gptq', 'repq+erq'] as const) {
@@ -139,8 +141,10 @@ async function quantized(spec: RowSpec, model: ModelProto, calib: Dataset) {
     const result = await quantizeRepQ(model, structure, calib.batches(32), options);
     return { model: result.model, seconds: (performance.now() - started) / 1000 };
   }
-  if (spec.method === 'ptq4vit') {
-    const result = await quantizePtq4Vit(model, structure, calib.batches(32), { ...bits, threads });
+  if (spec.method === 'ptq4vit' || spec.method === 'ptq4vit-noisyquant') {
+    const noisyQuant = spec.method === 'ptq4vit' ? 'off' : 'linear';
+    const options = { ...bits, noisyQuant, threads } as const;
+    const result = await quantizePtq4Vit(model, structure, calib.batches(32), options);
     return { model: result.model, seconds: (performance.now() - started) / 1000 };
   }
   const calibration = await calibrate(model, structure, calib.batches(32), { threads });
