@@ -35,6 +35,8 @@ describe('the main job on the real fixtures', () => {
     // the fixture README's reference for the fp32 model with this preprocessing
     expect(accuracy.baseline.top1).toBeCloseTo(0.83, 2);
     expect(accuracy.top1).toBeGreaterThanOrEqual(accuracy.baseline.top1 - 0.01);
+    // 97.4 % on an AVX2 CPU, where full-range int8 weights gave 91.2 % (u8·s8 pairs saturating)
+    expect(accuracy.agreement).toBeGreaterThanOrEqual(0.95);
     expect(report.kernels.fraction).toBeGreaterThanOrEqual(0.9);
     expect(report.calibration.images).toBe(32);
   });

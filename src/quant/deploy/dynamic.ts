@@ -19,7 +19,10 @@
  * runs, 49 of 50 layers as DynamicQuantizeMatMul, top-1 81.4 % against 83.0 % on the 500
  * validation images. Nearly all of that loss comes from one layer with outlier inputs
  * (blocks.7.mlp.fc2); this recipe needs no calibration and so cannot see it — `exclude` it, or
- * use w8a8, whose calibrated ranges find it (82.8 %).
+ * use w8a8, whose calibrated ranges find it (82.8 %). Those numbers are for full-range weights on
+ * an AVX-512 VNNI CPU; on an AVX2 CPU full-range weights fell to 77.6 % (w8a8 82.4 %) because
+ * pairs of u8·s8 products saturate there, and the default reduced grid gives 80.0 % (w8a8 82.6 %,
+ * agreement with fp32 97.4 %): see `WeightRange`.
  */
 import type { ModelProto } from 'onnx-buf';
 import { GraphIndex } from '../../graph/graph.js';
