@@ -147,6 +147,7 @@ describe('GPTQ weights on the MNIST ViT', () => {
 });
 
 describe('GPTQ weights on the ViT-Tiny', () => {
+  // about a minute alone on 2 cores; the limit leaves room for a machine shared with other runs
   it('runs on opset 13 (decomposed LayerNorm) at W4A4 and agrees with fp32 at least as RepQ-ViT', async () => {
     const calib = await holdBatches(await fixtureImages(vitTiny.opset13, imagenetCalib, 0, 8), 8);
     const images = await holdBatches(await fixtureImages(vitTiny.opset13, imagenetVal, 0, 32), 32);
@@ -164,5 +165,5 @@ describe('GPTQ weights on the ViT-Tiny', () => {
     // bench-ptq, 32 calibration images, all 500 images: see the README's table
     expect(withGptq).toBeGreaterThanOrEqual(repq - 1 / 32);
     expect(gptq.report.weightMethod!.skipped.map((s) => s.role)).toEqual(['patch_embed.weight']);
-  }, 300_000);
+  }, 900_000);
 });
