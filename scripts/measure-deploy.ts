@@ -139,6 +139,7 @@ async function latency(
   repeats: number,
   runs: number,
 ) {
+  if (repeats === 0) return;
   const ratios: number[][] = exports.map(() => []);
   for (let i = 0; i < repeats; i++) {
     const [row] = await measureLatency([model, ...exports.map(([, m]) => m)], {
