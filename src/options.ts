@@ -39,7 +39,23 @@ export const runOptionsSchema = z
   })
   .strict();
 
-export const recipeNames = ['w8a8', 'dynamic-int8', 'int4-weights'] as const;
+export const deployableRecipes = ['w8a8', 'dynamic-int8', 'int4-weights'] as const;
+
+/**
+ * Recipes below 8 bits, simulated (no onnxruntime kernel runs them): each the combination that
+ * measured best on the ViT-Tiny (README, Methods) — RepQ-ViT's quantizers with ERQ's weights.
+ */
+export const simulatedRecipes = {
+  w6a6: { bits: 'w6a6', method: 'repq', weights: 'erq' },
+  w4a8: { bits: 'w4a8', method: 'repq', weights: 'erq' },
+  w4a4: { bits: 'w4a4', method: 'repq', weights: 'erq' },
+  w3a3: { bits: 'w3a3', method: 'repq', weights: 'erq' },
+} as const;
+
+export const recipeNames = [
+  ...deployableRecipes,
+  ...(Object.keys(simulatedRecipes) as (keyof typeof simulatedRecipes)[]),
+] as const;
 export type RecipeName = (typeof recipeNames)[number];
 
 /**
@@ -149,6 +165,11 @@ export const quantizeOptionsSchema = z
   .refine((o) => o.method === 'baseline' || o.bits !== undefined, {
     message: 'a method other than baseline is simulated: give --bits WxAy with it',
     path: ['method'],
+  })
+  .transform((o) => {
+    if (o.recipe === undefined || !(o.recipe in simulatedRecipes)) return o;
+    const { recipe, ...rest } = o;
+    return { ...rest, ...simulatedRecipes[recipe as keyof typeof simulatedRecipes] };
   });
 
 export type QuantizeOptions = z.infer<typeof quantizeOptionsSchema>;

@@ -43,7 +43,11 @@ export function registerQuantize(program: Command, context: () => CliContext): v
       '-o, --out <dir>',
       'output folder: model.onnx, config.json, report.json, report.md',
     )
-    .option('--recipe <name>', 'deployable recipe: w8a8 | dynamic-int8 | int4-weights')
+    .option(
+      '--recipe <name>',
+      'deployable: w8a8 | dynamic-int8 | int4-weights; simulated, the best measured ' +
+        'method: w6a6 | w4a8 | w4a4 | w3a3',
+    )
     .option('--bits <WxAy>', 'simulated (fake-quant) bit widths, e.g. w4a4, w6a6, w8a8')
     .option(
       '--method <name>',

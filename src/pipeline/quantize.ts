@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { ModelProto } from 'onnx-buf';
 import { openDataset, sampleDataset, type PreprocessConfig } from '../data/index.js';
-import { CalibrationError, InputError } from '../errors.js';
+import { CalibrationError, InputError, InternalError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
 import type { MethodName, QuantizeOptions, RunOptions, WeightMethodName } from '../options.js';
@@ -214,11 +214,14 @@ async function deployable(request: QuantizeRequest, reporting: Reporting): Promi
     case 'dynamic-int8':
       exported = exportDynamic(source.model, source.structure, { exclude });
       break;
-    default:
+    case 'int4-weights':
       exported = exportInt4(source.model, source.structure, {
         blockSize: options.blockSize,
         exclude,
       });
+      break;
+    default:
+      throw new InternalError(`recipe ${options.recipe} is not deployable`);
   }
   const kernels = await countIntegerKernels(exported.model, source.structure, source.model);
   return {
