@@ -8,16 +8,10 @@ import { compressModel, type CompressReport } from '../pipeline/compress.js';
 import { preprocessFor } from '../pipeline/evaluate.js';
 import { openModel } from '../pipeline/model.js';
 import { ratio } from '../report/markdown.js';
-import { writeOutputFolder } from '../report/output.js';
+import { modelConfig, writeOutputFolder } from '../report/output.js';
 import { compressReportJson, compressReportMarkdown } from '../report/prune-report.js';
 import type { CliContext } from './main.js';
-import {
-  addPruneFlags,
-  evaluationSummary,
-  modelConfig,
-  prepareOutput,
-  pruneKeys,
-} from './prune.js';
+import { addPruneFlags, evaluationSummary, prepareOutput, pruneKeys } from './prune.js';
 import { addPreprocessFlags, addRunFlags, pick, preprocessOverrides } from './shared.js';
 
 /** Quantize options of compress; the calibration images and seed are shared with pruning. */

@@ -2,13 +2,17 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import type { PreprocessConfig } from '../data/index.js';
 import { parseOptions, pruneOptionsSchema, runOptionsSchema } from '../options.js';
 import { preprocessFor } from '../pipeline/evaluate.js';
 import { openModel } from '../pipeline/model.js';
 import { pruneJob, sha256, type PruneJobReport } from '../pipeline/prune.js';
 import { percent, ratio } from '../report/markdown.js';
-import { checkNotInputFolder, checkOutputFree, writeOutputFolder } from '../report/output.js';
+import {
+  checkNotInputFolder,
+  checkOutputFree,
+  modelConfig,
+  writeOutputFolder,
+} from '../report/output.js';
 import { pruneReportJson, pruneReportMarkdown } from '../report/prune-report.js';
 import type { EvaluationReport } from '../pipeline/evaluate.js';
 import type { CliContext } from './main.js';
@@ -157,22 +161,6 @@ export function registerPrune(program: Command, context: () => CliContext): void
       ctx.print(summaryLine(out, report));
     },
   );
-}
-
-/**
- * A timm-style config.json describing the preprocessing the model expects, so that
- * `vitslim eval OUT/model.onnx` needs no flags.
- */
-export function modelConfig(p: PreprocessConfig): string {
-  const config = {
-    input_size: [p.channels, p.height, p.width],
-    mean: p.mean,
-    std: p.std,
-    interpolation: p.interpolation,
-    // timm reads resize = floor(crop / crop_pct); the half pixel keeps that floor exact
-    ...(p.resize && p.crop ? { crop_pct: p.crop / (p.resize + 0.5) } : {}),
-  };
-  return `${JSON.stringify(config, null, 2)}\n`;
 }
 
 function summaryLine(out: string, report: PruneJobReport): string {

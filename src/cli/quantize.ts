@@ -3,12 +3,16 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import type { PreprocessConfig } from '../data/index.js';
 import { parseOptions, quantizeOptionsSchema, runOptionsSchema } from '../options.js';
 import { preprocessFor } from '../pipeline/evaluate.js';
 import { openModel } from '../pipeline/model.js';
 import { quantizeModel } from '../pipeline/quantize.js';
-import { checkNotInputFolder, checkOutputFree, writeOutputFolder } from '../report/output.js';
+import {
+  checkNotInputFolder,
+  checkOutputFree,
+  modelConfig,
+  writeOutputFolder,
+} from '../report/output.js';
 import { percent, ratio } from '../report/markdown.js';
 import { quantizeReportJson, quantizeReportMarkdown } from '../report/quantize-report.js';
 import type { CliContext } from './main.js';
@@ -131,19 +135,6 @@ export function registerQuantize(program: Command, context: () => CliContext): v
       ctx.print(summaryLine(out, report));
     },
   );
-}
-
-/** A timm-style config.json describing the preprocessing the model expects. */
-function modelConfig(p: PreprocessConfig): string {
-  const config = {
-    input_size: [p.channels, p.height, p.width],
-    mean: p.mean,
-    std: p.std,
-    interpolation: p.interpolation,
-    // timm reads resize = floor(crop / crop_pct); the half pixel keeps that floor exact
-    ...(p.resize && p.crop ? { crop_pct: p.crop / (p.resize + 0.5) } : {}),
-  };
-  return `${JSON.stringify(config, null, 2)}\n`;
 }
 
 function summaryLine(out: string, report: Awaited<ReturnType<typeof quantizeModel>>['report']) {

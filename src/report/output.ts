@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
+import type { PreprocessConfig } from '../data/index.js';
 import { InputError } from '../errors.js';
 
 export interface OutputFile {
@@ -65,4 +66,20 @@ export async function writeOutputFolder(
     await rm(staging, { recursive: true, force: true });
     throw error;
   }
+}
+
+/**
+ * A timm-style config.json describing the preprocessing the model expects, so that
+ * `vitslim eval OUT/model.onnx` needs no flags.
+ */
+export function modelConfig(p: PreprocessConfig): string {
+  const config = {
+    input_size: [p.channels, p.height, p.width],
+    mean: p.mean,
+    std: p.std,
+    interpolation: p.interpolation,
+    // timm reads resize = floor(crop / crop_pct); the half pixel keeps that floor exact
+    ...(p.resize && p.crop ? { crop_pct: p.crop / (p.resize + 0.5) } : {}),
+  };
+  return `${JSON.stringify(config, null, 2)}\n`;
 }
