@@ -5,8 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { ModelProto } from 'onnx-buf';
-import { openDataset, sampleDataset, type PreprocessConfig } from '../data/index.js';
-import { CalibrationError, InputError } from '../errors.js';
+import type { PreprocessConfig } from '../data/index.js';
+import { InputError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
 import type { HeadsFlag, PruneFlags, RunOptions } from '../options.js';
@@ -17,6 +17,7 @@ import { parseTokenSchedule, reduceTokens, type TokenReport } from '../prune/tok
 import type { HeadsOption, PruneReport } from '../prune/types.js';
 import { createSession } from '../runtime/session.js';
 import type { ViTStructure } from '../vit/types.js';
+import { calibrationSample } from './calibration.js';
 import { evaluate, type EvaluatedModel, type EvaluationReport } from './evaluate.js';
 import type { LoadedModel } from './model.js';
 
@@ -163,7 +164,9 @@ export async function pruneStages(
   reporting: Reporting = {},
 ): Promise<PrunedStages> {
   const { source, options } = request;
-  const calibration = options.calib ? await calibrationImages(request, reporting) : undefined;
+  const calibration = options.calib
+    ? await calibrationSample(options.calib, request, reporting)
+    : undefined;
   const fail = calibration?.unreadable ?? rethrow;
   const shared = { threads: request.run.threads, ...reporting };
   let model = source.model;
@@ -348,24 +351,4 @@ function pruneNotes(stages: StagesReport): string[] {
   }
   if (stages.sparsity) notes.push(`sparsity: ${stages.sparsity.speed}`);
   return notes;
-}
-
-/** A seeded sample of `--calib`, read anew for each pass. */
-async function calibrationImages(request: PruneRequest, reporting: Reporting) {
-  const { options, run } = request;
-  const path = options.calib!;
-  const dataset = await openDataset(path, request.preprocess, {
-    logger: reporting.logger,
-    strict: run.strict,
-    classes: run.classes,
-  });
-  const sample = sampleDataset(dataset, Math.min(options.calibCount, dataset.size), options.seed);
-  const batches = () =>
-    sample.batches(run.batch, { stage: 'calibration', onProgress: reporting.onProgress });
-  /** With no image decoded, a calibration failure is the folder's fault, not the model's. */
-  const unreadable = (error: unknown): never => {
-    if (sample.stats.decoded > 0 || !(error instanceof CalibrationError)) throw error;
-    throw new InputError(`no readable image among the calibration images of ${path}`, path);
-  };
-  return { path, batches, unreadable };
 }

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { ModelProto } from 'onnx-buf';
-import { openDataset, sampleDataset, type PreprocessConfig } from '../data/index.js';
+import type { PreprocessConfig } from '../data/index.js';
 import { CalibrationError, InputError, InternalError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
@@ -27,6 +27,7 @@ import type { ActivationRanges } from '../quant/types.js';
 import { excludePoints, type KeptPoint } from '../quant/quant-points.js';
 import { simulateQuantization, type SimulationReport } from '../quant/simulate.js';
 import { createSession } from '../runtime/session.js';
+import { calibrationSample } from './calibration.js';
 import { evaluate, type EvaluationReport } from './evaluate.js';
 import type { LoadedModel } from './model.js';
 
@@ -135,25 +136,11 @@ interface Product {
 }
 
 /** The calibration images: a seeded sample of `--calib`, with its summary for the report. */
-async function calibrationSample(request: QuantizeRequest, reporting: Reporting) {
-  const { options, run } = request;
-  if (!options.calib) {
+async function requireCalibration(request: QuantizeRequest, reporting: Reporting) {
+  if (!request.options.calib) {
     throw new InputError('this recipe needs calibration images: pass --calib <dir>');
   }
-  const dataset = await openDataset(options.calib, request.preprocess, {
-    logger: reporting.logger,
-    strict: run.strict,
-    classes: run.classes,
-  });
-  const sample = sampleDataset(dataset, Math.min(options.calibCount, dataset.size), options.seed);
-  const batches = () =>
-    sample.batches(run.batch, { stage: 'calibration', onProgress: reporting.onProgress });
-  /** A calibration failure with no image decoded is the folder's fault, not the model's. */
-  const unreadable = (error: unknown): never => {
-    if (sample.stats.decoded > 0 || !(error instanceof CalibrationError)) throw error;
-    throw new InputError(`no readable image among the calibration images of ${options.calib}`);
-  };
-  return { sample, batches, unreadable, path: options.calib };
+  return calibrationSample(request.options.calib, request, reporting);
 }
 
 async function calibrateValues(
@@ -162,7 +149,7 @@ async function calibrateValues(
   reporting: Reporting,
 ) {
   const { options, source, run } = request;
-  const { sample, batches, unreadable, path } = await calibrationSample(request, reporting);
+  const { sample, batches, unreadable, path } = await requireCalibration(request, reporting);
   const result = await calibrate(source.model, source.structure, batches(), {
     values,
     threads: run.threads,
@@ -294,7 +281,7 @@ async function simulated(request: QuantizeRequest, reporting: Reporting): Promis
 /** The methods of the literature: each calibrates on the held sample and reports itself. */
 async function method(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
   const { source, options, run } = request;
-  const { sample, batches, unreadable, path } = await calibrationSample(request, reporting);
+  const { sample, batches, unreadable, path } = await requireCalibration(request, reporting);
   const held: CaptureBatch[] = [];
   // a dataset reuses its batch buffers: copy what is held
   await (async () => {
