@@ -12,6 +12,7 @@ import {
   type AdaLogQuantizer,
 } from '../../src/quant/adalog.js';
 import { noiseInput } from '../fixtures.js';
+import { float32Step } from './helpers.js';
 import { buildModel, runModel } from './tiny-graph.js';
 
 /** The AdaLog chain run by onnxruntime. */
@@ -19,14 +20,6 @@ async function onnxAdaLog(x: Float32Array, q: AdaLogQuantizer) {
   const { commands, output } = adaLogFakeQuantCommands('x', 'al', q);
   const model = buildModel([x.length], commands, { [output]: DataType.FLOAT }, 13);
   return (await runModel(model, x, [x.length]))[output] as Float32Array;
-}
-
-/** The float32 `direction` steps from positive `x`, through its bit pattern. */
-function float32Step(x: number, direction: number): number {
-  const view = new DataView(new ArrayBuffer(4));
-  view.setFloat32(0, x);
-  view.setUint32(0, view.getUint32(0) + direction);
-  return view.getFloat32(0);
 }
 
 /** Post-softmax-like values: mostly tiny, some large, zeros, ones, values above s. */

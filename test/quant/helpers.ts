@@ -84,3 +84,11 @@ function concat(parts: readonly Int32Array[]): Int32Array {
   }
   return out;
 }
+
+/** The float32 `direction` steps from positive `x`, through its bit pattern. */
+export function float32Step(x: number, direction: number): number {
+  const view = new DataView(new ArrayBuffer(4));
+  view.setFloat32(0, x);
+  view.setUint32(0, view.getUint32(0) + direction);
+  return view.getFloat32(0);
+}

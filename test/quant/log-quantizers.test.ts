@@ -11,18 +11,11 @@ import {
   type LogQuantizer,
 } from '../../src/quant/log-quantizers.js';
 import { noiseInput } from '../fixtures.js';
+import { float32Step } from './helpers.js';
 import { buildModel, runModel } from './tiny-graph.js';
 
 const sqrt2In4Bits: LogQuantizer = { base: 'log-sqrt2', bits: 4, scale: 1 };
 const log2In3Bits: LogQuantizer = { base: 'log2', bits: 3, scale: 1 };
-
-/** The float32 `direction` steps from positive `x`, through its bit pattern. */
-function float32Step(x: number, direction: number): number {
-  const view = new DataView(new ArrayBuffer(4));
-  view.setFloat32(0, x);
-  view.setUint32(0, view.getUint32(0) + direction);
-  return view.getFloat32(0);
-}
 
 /** The fake-quant chain run by onnxruntime on `x` with the given shape. */
 async function onnxLogFakeQuant(x: Float32Array, q: LogQuantizer, dims = [x.length]) {
