@@ -64,3 +64,28 @@ export async function capture(
     await session.release();
   }
 }
+
+/**
+ * The calibration batches copied out, since datasets reuse their buffers between batches; with
+ * `perBatch`, each batch is split into batches of at most that many images.
+ */
+export async function holdImages(
+  batches: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>,
+  perBatch?: number,
+): Promise<CaptureBatch[]> {
+  const held: CaptureBatch[] = [];
+  for await (const b of batches) {
+    if (perBatch === undefined) {
+      held.push({ data: b.data.slice(), dims: [...b.dims] });
+      continue;
+    }
+    const n = b.dims[0] ?? 1;
+    const size = b.data.length / n;
+    for (let from = 0; from < n; from += perBatch) {
+      const take = Math.min(perBatch, n - from);
+      const data = b.data.slice(from * size, (from + take) * size);
+      held.push({ data, dims: [take, ...b.dims.slice(1)] });
+    }
+  }
+  return held;
+}

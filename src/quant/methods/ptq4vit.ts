@@ -25,7 +25,7 @@ import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
 import { noProgress, silentLogger } from '../../log.js';
 import { opsetVersion } from '../../onnx/model-io.js';
-import type { CaptureBatch } from '../../runtime/capture.js';
+import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import type { ViTStructure } from '../../vit/types.js';
 import {
@@ -109,7 +109,7 @@ export async function quantizePtq4Vit(
   const settings = parseSettings(rest);
   checkOpset(model);
   const started = performance.now();
-  const images = await holdImages(batches);
+  const images = await holdImages(batches, 8);
   const index = new GraphIndex(model);
   const { points, kept } = excludePoints(quantPoints(structure), settings.keepFloat);
   const products = listProducts(structure, points);
@@ -193,21 +193,6 @@ function checkOpset(model: ModelProto): void {
       `PTQ4ViT's simulated quantization needs opset ≥ 13 (Clip with inputs, Round), the model has opset ${opset}`,
     );
   }
-}
-
-/** The calibration batches copied out (datasets reuse their buffers), at most 8 images each. */
-async function holdImages(batches: Batches): Promise<CaptureBatch[]> {
-  const held: CaptureBatch[] = [];
-  for await (const b of batches) {
-    const n = b.dims[0] ?? 1;
-    const size = b.data.length / n;
-    for (let from = 0; from < n; from += 8) {
-      const take = Math.min(8, n - from);
-      const data = b.data.slice(from * size, (from + take) * size);
-      held.push({ data, dims: [take, ...b.dims.slice(1)] });
-    }
-  }
-  return held;
 }
 
 /** An operand whose value already has a grid keeps it; otherwise it is searched. */

@@ -26,7 +26,7 @@ import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
 import { noProgress, silentLogger } from '../../log.js';
 import { opsetVersion } from '../../onnx/model-io.js';
-import type { CaptureBatch } from '../../runtime/capture.js';
+import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import { recognizeViT } from '../../vit/index.js';
 import type { ViTStructure } from '../../vit/types.js';
@@ -207,13 +207,6 @@ function checkOpset(model: ModelProto): void {
  */
 function sessionOptions(threads?: number, optimization?: SessionOptions['optimization']) {
   return { optimization: optimization ?? 'basic', ...(threads ? { threads } : {}) } as const;
-}
-
-/** The calibration batches copied out (datasets reuse their buffers between batches). */
-async function holdImages(batches: Batches): Promise<CaptureBatch[]> {
-  const held: CaptureBatch[] = [];
-  for await (const b of batches) held.push({ data: b.data.slice(), dims: [...b.dims] });
-  return held;
 }
 
 /** Activation points grouped by the value they quantize, in graph order. */
