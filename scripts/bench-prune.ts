@@ -12,12 +12,12 @@
  *   npm run bench:prune -- --only w8a8     # rows whose label contains "w8a8"
  *   npm run bench:prune -- --only "MLP −30 %"   # that row alone (an exact label)
  */
-import { spawn } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageRoot } from '../src/data/index.js';
 import { markdownTable, percent, ratio } from '../src/report/markdown.js';
+import { runCli } from './run-cli.js';
 
 const root = packageRoot();
 const fixtures = join(root, '..', 'shared', 'fixtures');
@@ -104,20 +104,6 @@ interface Row {
   wallSeconds: number;
   peakRssMb: number;
   images: number;
-}
-
-function runCli(args: string[]): Promise<{ code: number; seconds: number; stderr: string }> {
-  const started = performance.now();
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(root, 'bin', 'vitslim.js'), ...args], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (code) =>
-      resolve({ code: code ?? -1, seconds: (performance.now() - started) / 1000, stderr }),
-    );
-  });
 }
 
 interface ReportJson {

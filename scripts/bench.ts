@@ -7,12 +7,12 @@
  *   npm run bench                 # every model and recipe
  *   npm run bench -- --quick      # ViT-Tiny opset 17 only, 100 images
  */
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { findDefaults, packageRoot } from '../src/data/index.js';
 import { markdownTable, percent, ratio } from '../src/report/markdown.js';
+import { runCli } from './run-cli.js';
 
 const root = packageRoot();
 const fixtures = join(root, '..', 'shared', 'fixtures');
@@ -59,20 +59,6 @@ const configs: { label: string; args: string[]; opset13?: boolean }[] = [
   { label: 'sim w4a4 min-max', args: ['--bits', 'w4a4'] },
   { label: 'sim w4a4 omse', args: ['--bits', 'w4a4', '--observer', 'omse'] },
 ];
-
-function runCli(args: string[]): Promise<{ code: number; seconds: number; stderr: string }> {
-  const started = performance.now();
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(root, 'bin', 'vitslim.js'), ...args], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (code) =>
-      resolve({ code: code ?? -1, seconds: (performance.now() - started) / 1000, stderr }),
-    );
-  });
-}
 
 interface Row {
   model: string;
