@@ -21,7 +21,7 @@ import { InputError } from '../../errors.js';
 import { noProgress, silentLogger } from '../../log.js';
 import { readFloat32 } from '../../onnx/tensor.js';
 import type { ChannelMoments } from '../../prune/statistics.js';
-import type { CaptureBatch } from '../../runtime/capture.js';
+import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { LinearLayer } from '../../vit/types.js';
 import { percentileMseAffineChannels } from '../percentile-mse.js';
 import {
@@ -46,7 +46,7 @@ import {
   type ErqSettings,
 } from './erq-types.js';
 import { gramsOf, planStages, weightRows, writeWeightCommands } from './gptq-layers.js';
-import { holdImages, roundRows, usable } from './gptq.js';
+import { roundRows, usable } from './gptq.js';
 import type { SkippedLayerReport } from './gptq-types.js';
 import type { RepQCalibration } from './repq-types.js';
 

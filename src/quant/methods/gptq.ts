@@ -17,7 +17,7 @@ import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
 import { InputError } from '../../errors.js';
 import { noProgress, silentLogger } from '../../log.js';
-import type { CaptureBatch } from '../../runtime/capture.js';
+import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import { insertQuantizers, NamePrefixes, type WeightSetting } from '../quantizer-commands.js';
 import { intRange } from '../uniform.js';
 import { gptqLayer, gridValue, proxyLoss } from './gptq-math.js';
@@ -165,11 +165,4 @@ export function roundRows(w: Float64Array, setting: WeightSetting): Float32Array
   const outF = setting.layer.outFeatures;
   const { qmax } = intRange(setting.bits, false);
   return Float32Array.from(w, (v, k) => gridValue(v, setting.params[k % outF]!, qmax));
-}
-
-/** The calibration batches copied out (datasets reuse their buffers between batches). */
-export async function holdImages(batches: Batches): Promise<CaptureBatch[]> {
-  const held: CaptureBatch[] = [];
-  for await (const b of batches) held.push({ data: b.data.slice(), dims: [...b.dims] });
-  return held;
 }
