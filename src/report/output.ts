@@ -9,6 +9,7 @@ import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import type { PreprocessConfig } from '../data/index.js';
 import { InputError } from '../errors.js';
+import { versions } from '../version.js';
 
 export interface OutputFile {
   name: string;
@@ -82,4 +83,25 @@ export function modelConfig(p: PreprocessConfig): string {
     ...(p.resize && p.crop ? { crop_pct: p.crop / (p.resize + 0.5) } : {}),
   };
   return `${JSON.stringify(config, null, 2)}\n`;
+}
+
+/**
+ * report.json of a model-writing command: the tool, command and versions, the input, the
+ * options and preprocessing it ran with, then the command's own report.
+ */
+export function reportJson(
+  command: string,
+  report: object,
+  context: { input: unknown; options: unknown; preprocess: PreprocessConfig },
+): string {
+  const document = {
+    tool: 'vitslim',
+    command,
+    versions: versions(),
+    input: context.input,
+    options: context.options,
+    preprocess: context.preprocess,
+    ...report,
+  };
+  return `${JSON.stringify(document, null, 2)}\n`;
 }

@@ -11,9 +11,9 @@ import type { LowRankReport } from '../prune/low-rank.js';
 import type { SparsityReport } from '../prune/sparsity.js';
 import type { TokenReport } from '../prune/tokens/index.js';
 import type { PruneReport } from '../prune/types.js';
-import { versions } from '../version.js';
 import { evaluationMarkdown } from './evaluation.js';
 import { markdownTable, megabytes, percent, ratio } from './markdown.js';
+import { reportJson } from './output.js';
 
 export interface PruneReportContext {
   input: { path: string; bytes: number; sha256: string };
@@ -22,16 +22,7 @@ export interface PruneReportContext {
 }
 
 export function pruneReportJson(report: PruneJobReport, context: PruneReportContext): string {
-  const document = {
-    tool: 'vitslim',
-    command: 'prune',
-    versions: versions(),
-    input: context.input,
-    options: context.options,
-    preprocess: context.preprocess,
-    ...report,
-  };
-  return `${JSON.stringify(document, null, 2)}\n`;
+  return reportJson('prune', report, context);
 }
 
 export function pruneReportMarkdown(report: PruneJobReport, context: PruneReportContext): string {
@@ -180,16 +171,7 @@ export interface CompressReportContext {
 }
 
 export function compressReportJson(report: CompressReport, context: CompressReportContext): string {
-  const document = {
-    tool: 'vitslim',
-    command: 'compress',
-    versions: versions(),
-    input: context.input,
-    options: context.options,
-    preprocess: context.preprocess,
-    ...report,
-  };
-  return `${JSON.stringify(document, null, 2)}\n`;
+  return reportJson('compress', report, context);
 }
 
 export function compressReportMarkdown(

@@ -5,9 +5,9 @@
 import type { PreprocessConfig } from '../data/index.js';
 import type { QuantizeOptions } from '../options.js';
 import type { QuantizeReport } from '../pipeline/quantize.js';
-import { versions } from '../version.js';
 import { evaluationMarkdown } from './evaluation.js';
 import { markdownTable, megabytes, percent } from './markdown.js';
+import { reportJson } from './output.js';
 
 export interface ReportContext {
   input: { path: string; bytes: number; sha256: string };
@@ -16,16 +16,7 @@ export interface ReportContext {
 }
 
 export function quantizeReportJson(report: QuantizeReport, context: ReportContext): string {
-  const document = {
-    tool: 'vitslim',
-    command: 'quantize',
-    versions: versions(),
-    input: context.input,
-    options: context.options,
-    preprocess: context.preprocess,
-    ...report,
-  };
-  return `${JSON.stringify(document, null, 2)}\n`;
+  return reportJson('quantize', report, context);
 }
 
 export function quantizeReportMarkdown(report: QuantizeReport, context: ReportContext): string {
