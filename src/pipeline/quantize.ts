@@ -21,7 +21,7 @@ import { gptqWeights } from '../quant/methods/gptq.js';
 import { quantizePtq4Vit } from '../quant/methods/ptq4vit.js';
 import type { Ptq4VitReport } from '../quant/methods/ptq4vit-types.js';
 import { calibrateRepQ, insertRepQQuantizers, type RepQResult } from '../quant/methods/repq.js';
-import type { CaptureBatch } from '../runtime/capture.js';
+import { holdImages } from '../runtime/capture.js';
 import type { DeployLayerRow } from '../quant/deploy/types.js';
 import type { ActivationRanges } from '../quant/types.js';
 import { excludePoints, type KeptPoint } from '../quant/quant-points.js';
@@ -282,11 +282,7 @@ async function simulated(request: QuantizeRequest, reporting: Reporting): Promis
 async function method(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
   const { source, options, run } = request;
   const { sample, batches, unreadable, path } = await requireCalibration(request, reporting);
-  const held: CaptureBatch[] = [];
-  // a dataset reuses its batch buffers: copy what is held
-  await (async () => {
-    for await (const b of batches()) held.push({ data: b.data.slice(), dims: [...b.dims] });
-  })().catch(unreadable);
+  const held = await holdImages(batches()).catch(unreadable);
   if (held.length === 0) unreadable(new CalibrationError('no calibration image was read'));
   const common = {
     ...bitWidths(options.bits!),

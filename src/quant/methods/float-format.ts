@@ -20,7 +20,7 @@ import { CalibrationError, InputError, UnsupportedModelError } from '../../error
 import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
 import { noProgress, silentLogger, type Reporting } from '../../log.js';
-import { capture, type CaptureBatch } from '../../runtime/capture.js';
+import { capture, holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import type { ViTStructure } from '../../vit/types.js';
 import {
@@ -212,9 +212,7 @@ export async function quantizeFloatFormat(
   const weightFormat = floatFormats[settings.weightFormat];
   const activationFormat = floatFormats[settings.activationFormat];
   const started = performance.now();
-  const images: CaptureBatch[] = [];
-  // a dataset reuses its batch buffers: copy what is held
-  for await (const b of batches) images.push({ data: b.data.slice(), dims: [...b.dims] });
+  const images = await holdImages(batches);
   const count = images.reduce((n, b) => n + (b.dims[0] ?? 0), 0);
   if (count === 0) throw new CalibrationError('float-format PTQ needs calibration images');
 

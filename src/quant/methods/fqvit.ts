@@ -24,7 +24,7 @@ import { z } from 'zod';
 import { CalibrationError, InputError } from '../../errors.js';
 import { noProgress, silentLogger, type Reporting } from '../../log.js';
 import { GraphIndex } from '../../graph/graph.js';
-import { capture, type CaptureBatch } from '../../runtime/capture.js';
+import { capture, holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import type { NormLayer, ViTStructure } from '../../vit/types.js';
 import { calibrate, defaultValues } from '../calibrate.js';
@@ -108,10 +108,7 @@ export async function quantizeFqVit(
   }
   const settings = parsed.data;
   const started = performance.now();
-  const images: CaptureBatch[] = [];
-  // a dataset reuses its batch buffers: copy what is held
-  for await (const batch of batches)
-    images.push({ data: batch.data.slice(), dims: [...batch.dims] });
+  const images = await holdImages(batches);
   const count = images.reduce((n, b) => n + (b.dims[0] ?? 0), 0);
   if (count === 0) throw new CalibrationError('FQ-ViT needs calibration images; none were read');
 
