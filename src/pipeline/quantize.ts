@@ -15,12 +15,10 @@ import { exportInt4 } from '../quant/deploy/int4.js';
 import { countIntegerKernels, type KernelCount } from '../quant/deploy/kernels.js';
 import { deployLayers } from '../quant/deploy/layers.js';
 import { exportQdq, qdqCalibrationValues } from '../quant/deploy/qdq.js';
-import { erqWeights } from '../quant/methods/erq.js';
 import { quantizeFqVit, type FqVitReport } from '../quant/methods/fqvit.js';
-import { gptqWeights } from '../quant/methods/gptq.js';
 import { quantizePtq4Vit } from '../quant/methods/ptq4vit.js';
 import type { Ptq4VitReport } from '../quant/methods/ptq4vit-types.js';
-import { calibrateRepQ, insertRepQQuantizers, type RepQResult } from '../quant/methods/repq.js';
+import { quantizeRepQ, type RepQResult } from '../quant/methods/repq.js';
 import { holdImages } from '../runtime/capture.js';
 import type { DeployLayerRow } from '../quant/deploy/types.js';
 import type { ActivationRanges } from '../quant/types.js';
@@ -302,14 +300,10 @@ async function method(request: QuantizeRequest, reporting: Reporting): Promise<P
   const base = { kind: 'simulated' as const, recipe: options.bits!, method: options.method };
   switch (options.method) {
     case 'repq': {
-      let calibration = await calibrateRepQ(source.model, source.structure, held, common);
-      const weightOptions = { threads: run.threads, ...reporting };
-      if (options.weights === 'gptq') {
-        calibration = await gptqWeights(calibration, held, pickReporting(weightOptions));
-      } else if (options.weights === 'erq') {
-        calibration = await erqWeights(calibration, held, pickReporting(weightOptions));
-      }
-      const result = insertRepQQuantizers(calibration);
+      const result = await quantizeRepQ(source.model, source.structure, held, {
+        ...common,
+        weights: options.weights,
+      });
       const r = result.report;
       return {
         model: result.model,
@@ -358,10 +352,6 @@ async function method(request: QuantizeRequest, reporting: Reporting): Promise<P
     default:
       throw new InputError(`unknown method ${options.method}`);
   }
-}
-
-function pickReporting(o: { threads?: number } & Reporting) {
-  return { threads: o.threads, logger: o.logger, onProgress: o.onProgress };
 }
 
 /** What each method is and what of its paper is approximated, for the report. */
