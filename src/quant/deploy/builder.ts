@@ -124,8 +124,9 @@ export function zeroPointData(zeroPoint: number, type: ActivationType): Int8Arra
 }
 
 /**
- * An int8 weight with its per-channel scales (and int8 zero points 0 when `zeroPoints`) behind a
- * DequantizeLinear on the output-channel axis; returns the DQ output.
+ * An int8 weight with its per-channel scales behind a DequantizeLinear on the output-channel
+ * axis; returns the DQ output. The weight's own zero points are stored when it has them, zeros
+ * when `zeroPoints` asks for the input anyway.
  */
 export function weightDequantize(
   builder: RewriteBuilder,
@@ -138,8 +139,8 @@ export function weightDequantize(
     builder.initializer(`${name}_quantized`, DataType.INT8, weight.dims, weight.values),
     builder.floats(`${name}_scale`, weight.scales, [channels]),
   ];
-  if (zeroPoints) {
-    const zeros = new Int8Array(channels);
+  if (zeroPoints || weight.zeroPoints) {
+    const zeros = weight.zeroPoints ?? new Int8Array(channels);
     inputs.push(builder.initializer(`${name}_zero_point`, DataType.INT8, [channels], zeros));
   }
   const axis = weight.axis;

@@ -76,8 +76,9 @@ export function addDynamicLayer(
   layer: LinearLayer,
   reason: string,
   weightRange?: WeightRange,
+  given?: ChannelQuantizedWeight,
 ): DeployLayerRow {
-  const weight = quantizeWeightPerChannel(index, layer, weightRange);
+  const weight = given ?? quantizeWeightPerChannel(index, layer, weightRange);
   const [k, n] = [layer.inFeatures, layer.outFeatures];
   const codes = weight.axis === 1 ? weight.values : transpose(weight.values, n, k);
   const base = layer.node;
@@ -90,7 +91,18 @@ export function addDynamicLayer(
     [layer.input],
     3,
   ) as [string, string, string];
-  const [acc] = builder.node(`${base}_MatMulInteger`, 'MatMulInteger', [xq, w, xzp]);
+  const integerInputs = [xq, w, xzp];
+  if (weight.zeroPoints) {
+    // per-column zero points of B: MatMulInteger and the fused kernel both take them
+    const zp = builder.initializer(
+      `${layer.weight}_zero_point`,
+      DataType.INT8,
+      [n],
+      weight.zeroPoints,
+    );
+    integerInputs.push(zp);
+  }
+  const [acc] = builder.node(`${base}_MatMulInteger`, 'MatMulInteger', integerInputs);
   const [accFloat] = builder.node(`${base}_Cast`, 'Cast', [acc!], 1, { to: DataType.FLOAT });
   const [scale] = builder.node(`${base}_scale_Mul`, 'Mul', [xs, ws]);
   const bias = layer.bias ? index.constantFloat32(layer.bias) : undefined;
@@ -117,7 +129,8 @@ function transpose(values: Int8Array, rows: number, cols: number): Int8Array {
 }
 
 function weightBytes(weight: ChannelQuantizedWeight, before: number) {
-  return { before, after: weight.values.length + 4 * weight.scales.length };
+  const zeroPoints = weight.zeroPoints?.length ?? 0;
+  return { before, after: weight.values.length + 4 * weight.scales.length + zeroPoints };
 }
 
 export function row(

@@ -24,7 +24,12 @@ import { RewriteBuilder, weightDequantize } from './builder.js';
 import { floatRow, row } from './dynamic.js';
 import { deployLayers, type LayerSource } from './layers.js';
 import type { DeployLayerRow, DeployResult } from './types.js';
-import { layerWeight, quantizeWeightBlocks, quantizeWeightPerChannel } from './weights.js';
+import {
+  layerWeight,
+  quantizeWeightBlocks,
+  quantizeWeightPerChannel,
+  type BlockQuantizedWeight,
+} from './weights.js';
 
 export interface Int4Options {
   /** Weights per block along K: a power of two ≥ 16 (default 32). */
@@ -42,6 +47,11 @@ export interface Int4Options {
   conv?: 'float' | 'int8-weight';
   /** Roles (or node names) to leave in float. */
   exclude?: readonly string[];
+  /**
+   * Blocks a method already chose for a layer (GPTQ: gptq-blocks.ts), in this export's block
+   * size; undefined rounds the layer's float weight to nearest.
+   */
+  blocksOf?: (layer: LinearLayer) => BlockQuantizedWeight | undefined;
 }
 
 const msDomain = 'com.microsoft';
@@ -89,7 +99,9 @@ function addNBitsLayer(
       : (row: number, col: number) => values[row * k + col]!;
   const symmetric = options.symmetric ?? false;
   const search = options.clipSearch ?? true;
-  const q = quantizeWeightBlocks(weightAt, n, k, options.blockSize, symmetric, search);
+  const q =
+    given(layer, options) ??
+    quantizeWeightBlocks(weightAt, n, k, options.blockSize, symmetric, search);
 
   const b = builder.initializer(
     `${layer.weight}_nbits`,
@@ -134,6 +146,21 @@ function addNBitsLayer(
     before: 4 * values.length,
     after: stored,
   });
+}
+
+/** The blocks `blocksOf` gives for a layer, checked against its shape and the block size. */
+function given(layer: LinearLayer, options: Int4Options & { blockSize: number }) {
+  const q = options.blocksOf?.(layer);
+  if (!q) return undefined;
+  const [k, n] = [layer.inFeatures, layer.outFeatures];
+  const bytes = n * Math.ceil(k / options.blockSize) * (options.blockSize / 2);
+  if (q.n !== n || q.k !== k || q.packed.length !== bytes) {
+    throw new RangeError(
+      `${layer.role}: given 4-bit blocks are [${q.n}, ${q.k}] in ${q.packed.length} bytes, the ` +
+        `layer needs [${n}, ${k}] in blocks of ${options.blockSize} (${bytes} bytes)`,
+    );
+  }
+  return q;
 }
 
 /**

@@ -39,7 +39,7 @@ import type {
   LayerForm,
   WeightRange,
 } from './types.js';
-import { quantizeWeightPerChannel } from './weights.js';
+import { quantizeWeightPerChannel, type ChannelQuantizedWeight } from './weights.js';
 
 /**
  * Which forms the layers take, unless `formOf` says otherwise for a layer:
@@ -67,6 +67,11 @@ export interface QdqOptions {
   outlierRatio?: number;
   /** Grid of the int8 weights (default `reduced`: exact on every x86 CPU, see `WeightRange`). */
   weightRange?: WeightRange;
+  /**
+   * int8 codes a method already chose for a layer (RepQ-ViT, GPTQ, ERQ: see method-weights.ts);
+   * undefined quantizes the layer's float weight on `weightRange`.
+   */
+  weightOf?: (layer: LinearLayer) => ChannelQuantizedWeight | undefined;
 }
 
 /**
@@ -233,6 +238,7 @@ export function exportQdq(
           layer,
           reason(layer, options),
           options.weightRange,
+          options.weightOf?.(layer),
         );
       default:
         return floatRow(index, layer, reason(layer, options, outliers));
@@ -299,7 +305,8 @@ function addQdqLayer(
   const xParams = activationParams(context.ranges, layer.input, context.type);
   const xDq = sharedQdq(context, layer.input, xParams);
 
-  const weight = quantizeWeightPerChannel(index, layer, options.weightRange);
+  const weight =
+    options.weightOf?.(layer) ?? quantizeWeightPerChannel(index, layer, options.weightRange);
   const wDq = weightDequantize(builder, layer.weight, weight, true);
   builder.push(
     { kind: 'setNodeInput', node: layer.node, index: 0, value: xDq },

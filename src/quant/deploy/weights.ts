@@ -6,15 +6,24 @@
 import type { LinearLayer } from '../../vit/types.js';
 import type { GraphIndex } from '../../graph/graph.js';
 import { InputError } from '../../errors.js';
-import { channelRanges, quantize, roundHalfEven, symmetricParams } from '../uniform.js';
+import {
+  channelRanges,
+  intRange,
+  quantize,
+  roundHalfEven,
+  symmetricParams,
+  type UniformParams,
+} from '../uniform.js';
 import { outputChannelAxis } from './layers.js';
 import { defaultWeightRange, type WeightRange } from './types.js';
 
-/** A weight as integer codes with one scale per output channel (zero point 0). */
+/** A weight as int8 codes with one scale (and zero point, 0 unless given) per output channel. */
 export interface ChannelQuantizedWeight {
   values: Int8Array;
   /** float32-exact scales, one per output channel. */
   scales: Float32Array;
+  /** int8 zero points, one per output channel; absent when every one is 0. */
+  zeroPoints?: Int8Array;
   dims: number[];
   /** Axis of `dims` holding the output channels. */
   axis: number;
@@ -70,6 +79,54 @@ export function quantizeWeightPerChannel(
   };
 }
 
+/**
+ * A weight on the asymmetric per-output-channel grids a method chose (unsigned `bits`-bit codes
+ * q ∈ [0, 2^bits − 1] with integer zero points z, value (q − z)·Δ, as RepQ-ViT, GPTQ and ERQ
+ * set them), as the int8 codes onnxruntime stores: q − 2^(bits−1) with zero point
+ * z − 2^(bits−1), which dequantize to the same values. With bits = 7 the stored codes lie in
+ * [−64, 63], inside the `reduced` bound; with bits = 8 they take the `full` int8 range.
+ * Example, 7 bits: Δ = 0.01, z = 60, a weight 0.3 has q = 90, stored 26 with zero point −4,
+ * (26 − (−4))·0.01 = 0.3.
+ */
+export function quantizeWeightOnGrids(
+  index: GraphIndex,
+  layer: LinearLayer,
+  grids: readonly UniformParams[],
+  bits: number,
+): ChannelQuantizedWeight {
+  if (!Number.isInteger(bits) || bits < 2 || bits > 8) {
+    throw new RangeError(`${layer.weight}: int8 storage holds 2 to 8 bits, got ${bits}`);
+  }
+  const { values, dims } = layerWeight(index, layer);
+  const axis = outputChannelAxis(layer);
+  const offset = 2 ** (bits - 1);
+  const params = grids.map((p, c) => {
+    const zeroPoint = p.zeroPoint - offset;
+    if (!Number.isInteger(zeroPoint) || zeroPoint < -128 || zeroPoint > 127) {
+      throw new RangeError(
+        `${layer.weight}: channel ${c} has zero point ${p.zeroPoint} on a ${bits}-bit grid, ` +
+          `which int8 cannot store`,
+      );
+    }
+    return { scale: Math.fround(p.scale), zeroPoint };
+  });
+  if (params.length !== dims[axis]) {
+    throw new RangeError(
+      `${layer.weight}: ${params.length} grids for ${dims[axis]} output channels`,
+    );
+  }
+  const { qmax } = intRange(bits, false);
+  const codes = quantize(values, params, { qmin: -offset, qmax: qmax - offset }, dims, axis);
+  const zeroPoints = Int8Array.from(params, (p) => p.zeroPoint);
+  return {
+    values: Int8Array.from(codes),
+    scales: Float32Array.from(params, (p) => p.scale),
+    ...(zeroPoints.some((z) => z !== 0) ? { zeroPoints } : {}),
+    dims,
+    axis,
+  };
+}
+
 /** A MatMulNBits weight: packed codes [N, kBlocks, blockSize/2], scales and zero points. */
 export interface BlockQuantizedWeight {
   packed: Uint8Array;
@@ -100,9 +157,9 @@ export function quantizeWeightBlocks(
   search = true,
 ): BlockQuantizedWeight {
   const kBlocks = Math.ceil(k / blockSize);
-  const packed = new Uint8Array(n * kBlocks * (blockSize / 2));
+  const codes = new Uint8Array(n * k);
   const scales = new Float32Array(n * kBlocks);
-  const zeroPoints = symmetric ? undefined : new Uint8Array(n * kBlocks);
+  const zeroPoints = new Uint8Array(n * kBlocks);
   const block = new Float32Array(blockSize);
   for (let row = 0; row < n; row++) {
     for (let b = 0; b < kBlocks; b++) {
@@ -112,16 +169,47 @@ export function quantizeWeightBlocks(
       const { scale, zeroPoint } = blockParams(block, width, symmetric, search);
       const slot = row * kBlocks + b;
       scales[slot] = scale;
-      if (zeroPoints) zeroPoints[slot] = zeroPoint;
+      zeroPoints[slot] = zeroPoint;
+      for (let i = 0; i < width; i++)
+        codes[row * k + start + i] = code4(block[i]!, scale, zeroPoint);
+    }
+  }
+  return packBlocks(codes, scales, symmetric ? undefined : zeroPoints, n, k, blockSize);
+}
+
+/**
+ * 4-bit codes [N, K] (row-major) with their [N, kBlocks] scales and zero points (undefined:
+ * all 8, none stored) in the MatMulNBits layout: two codes per byte, the lower K index in the
+ * low nibble; a block running past K is padded with codes equal to its zero point.
+ */
+export function packBlocks(
+  codes: Uint8Array,
+  scales: Float32Array,
+  zeroPoints: Uint8Array | undefined,
+  n: number,
+  k: number,
+  blockSize: number,
+): BlockQuantizedWeight {
+  const kBlocks = Math.ceil(k / blockSize);
+  const packed = new Uint8Array(n * kBlocks * (blockSize / 2));
+  for (let row = 0; row < n; row++) {
+    for (let b = 0; b < kBlocks; b++) {
+      const slot = row * kBlocks + b;
+      const zeroPoint = zeroPoints ? zeroPoints[slot]! : 8;
       const base = slot * (blockSize / 2);
       for (let i = 0; i < blockSize; i++) {
-        const q = i < width ? clamp4(roundHalfEven(block[i]! / scale) + zeroPoint) : zeroPoint;
-        const at = base + (i >> 1);
-        packed[at] = packed[at]! | (i & 1 ? q << 4 : q);
+        const at = b * blockSize + i;
+        const q = at < k ? codes[row * k + at]! & 0x0f : zeroPoint;
+        packed[base + (i >> 1)] = packed[base + (i >> 1)]! | (i & 1 ? q << 4 : q);
       }
     }
   }
   return { packed, scales, ...(zeroPoints ? { zeroPoints } : {}), n, k, kBlocks };
+}
+
+/** The 4-bit code of `w` on a block grid: clamp(roundHalfEven(w / scale) + zeroPoint, 0, 15). */
+export function code4(w: number, scale: number, zeroPoint: number): number {
+  return clamp4(roundHalfEven(w / scale) + zeroPoint);
 }
 
 /**
@@ -131,7 +219,13 @@ export function quantizeWeightBlocks(
  */
 const shrinkFactors = [1, 0.95, 0.9, 0.85, 0.8, 0.75];
 
-function blockParams(block: Float32Array, width: number, symmetric: boolean, search: boolean) {
+/** A block's 4-bit grid from its first `width` weights (see `quantizeWeightBlocks`). */
+export function blockParams(
+  block: Float32Array | Float64Array,
+  width: number,
+  symmetric: boolean,
+  search: boolean,
+) {
   let lo = 0;
   let hi = 0;
   for (let i = 0; i < width; i++) {
@@ -163,7 +257,11 @@ function gridParams(lo: number, hi: number, symmetric: boolean) {
 }
 
 /** Σ (w − w̃)² over a block for a 4-bit grid. */
-function blockError(block: Float32Array, width: number, p: { scale: number; zeroPoint: number }) {
+function blockError(
+  block: Float32Array | Float64Array,
+  width: number,
+  p: { scale: number; zeroPoint: number },
+) {
   let error = 0;
   for (let i = 0; i < width; i++) {
     const q = clamp4(roundHalfEven(block[i]! / p.scale) + p.zeroPoint);
