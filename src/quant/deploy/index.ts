@@ -4,6 +4,21 @@ export type { QdqOptions, QdqPolicy } from './qdq.js';
 export { exportDynamic, type DynamicOptions } from './dynamic.js';
 export { exportInt4, packZeroPoints, type Int4Options } from './int4.js';
 export {
+  gptqBlocks,
+  gptqBlockLayer,
+  dequantizeBlocks,
+  type GptqBlockOptions,
+  type GptqBlocksResult,
+} from './gptq-blocks.js';
+export {
+  repqForDeployment,
+  methodWeights,
+  methodWeightBits,
+  type DeployWeightMethod,
+  type RepQDeployOptions,
+} from './method-weights.js';
+export { quantizeWeightOnGrids, type ChannelQuantizedWeight } from './weights.js';
+export {
   countIntegerKernels,
   optimizedGraph,
   integerKernels,
