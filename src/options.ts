@@ -142,6 +142,11 @@ export const quantizeOptionsSchema = z
         'block size must be 16, 32, 64, 128 or 256 (what MatMulNBits supports)',
       )
       .default(32),
+    /**
+     * Grid of the int8 weights of the deployable recipes: `reduced` (default, |q| ≤ 64, exact
+     * on every x86 CPU) or `full` (8 bits, for CPUs with VNNI); see quant/deploy/types.ts.
+     */
+    weightRange: z.enum(['reduced', 'full']).optional(),
     data: z.string().optional(),
     limit: positiveInt.optional(),
   })
@@ -154,16 +159,40 @@ export const quantizeOptionsSchema = z
     message: 'per-layer overrides apply to simulated baseline quantization (--bits WxAy)',
     path: ['overrides'],
   })
-  .refine((o) => o.weights === 'rtn' || o.method === 'repq', {
-    message: 'GPTQ and ERQ weights run on a RepQ-ViT calibration: add --method repq',
+  .refine((o) => o.weights !== 'erq' || o.recipe !== 'int4-weights', {
+    message:
+      'int4-weights takes --weights rtn or gptq (ERQ corrects for activation quantization, ' +
+      'which int4-weights does not do)',
     path: ['weights'],
+  })
+  .refine((o) => o.weights === 'rtn' || o.method === 'repq' || o.recipe === 'int4-weights', {
+    message:
+      'GPTQ and ERQ weights run on a RepQ-ViT calibration: add --method repq (or use ' +
+      '--recipe int4-weights --weights gptq)',
+    path: ['weights'],
+  })
+  .refine((o) => o.method !== 'repq' || !deployable(o.recipe) || o.recipe === 'w8a8', {
+    message:
+      'RepQ-ViT deploys with --recipe w8a8 (integer activations); dynamic-int8 needs no ' +
+      'calibration and int4-weights keeps activations float',
+    path: ['method'],
+  })
+  .refine((o) => !deployable(o.recipe) || ['baseline', 'repq'].includes(o.method), {
+    message:
+      'only --method repq has a deployable form (with --recipe w8a8); give --bits WxAy for a ' +
+      'simulated ptq4vit or fqvit model',
+    path: ['method'],
+  })
+  .refine((o) => o.weightRange === undefined || deployable(o.recipe), {
+    message: '--weight-range sets the int8 weights of a deployable --recipe',
+    path: ['weightRange'],
   })
   .refine((o) => !o.noisyQuant || o.method === 'ptq4vit', {
     message: 'NoisyQuant runs with PTQ4ViT here: add --method ptq4vit',
     path: ['noisyQuant'],
   })
-  .refine((o) => o.method === 'baseline' || o.bits !== undefined, {
-    message: 'a method other than baseline is simulated: give --bits WxAy with it',
+  .refine((o) => o.method === 'baseline' || o.bits !== undefined || deployable(o.recipe), {
+    message: 'a method other than baseline needs --bits WxAy (simulated) or --recipe w8a8',
     path: ['method'],
   })
   .transform((o) => {
@@ -171,6 +200,10 @@ export const quantizeOptionsSchema = z
     const { recipe, ...rest } = o;
     return { ...rest, ...simulatedRecipes[recipe as keyof typeof simulatedRecipes] };
   });
+
+function deployable(recipe: string | undefined): boolean {
+  return (deployableRecipes as readonly (string | undefined)[]).includes(recipe);
+}
 
 export type QuantizeOptions = z.infer<typeof quantizeOptionsSchema>;
 export type PreprocessOptions = z.infer<typeof preprocessOptionsSchema>;

@@ -34,6 +34,7 @@ const quantizeKeys = [
   'keepFloat',
   'overrides',
   'blockSize',
+  'weightRange',
   'data',
   'limit',
 ];
@@ -55,10 +56,14 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     .option('--bits <WxAy>', 'simulated (fake-quant) bit widths, e.g. w4a4, w6a6, w8a8')
     .option(
       '--method <name>',
-      'simulated method with --bits: baseline (observers, default) | repq (RepQ-ViT) | ' +
-        'ptq4vit (PTQ4ViT) | fqvit (FQ-ViT)',
+      'method: baseline (observers, default) | repq (RepQ-ViT; deployable with --recipe ' +
+        'w8a8) | ptq4vit (PTQ4ViT) | fqvit (FQ-ViT) (these two simulated, with --bits)',
     )
-    .option('--weights <how>', 'RepQ-ViT weight rounding: rtn (default) | gptq | erq')
+    .option(
+      '--weights <how>',
+      'weight rounding: rtn (default) | gptq | erq, on RepQ-ViT (--method repq); gptq also ' +
+        'with --recipe int4-weights (in MatMulNBits blocks)',
+    )
     .option('--noisy-quant', 'PTQ4ViT with NoisyQuant noise before the post-GELU quantizers')
     .option('--observer <kind>', 'activation ranges: minmax | percentile | mse | omse')
     .option('--weight-observer <kind>', 'weight ranges: minmax | percentile | mse | omse')
@@ -77,6 +82,11 @@ export function registerQuantize(program: Command, context: () => CliContext): v
         'head=w8a8,observer:mse (w<bits>, a<bits>, observer:, weight-observer:, percentile:)',
     )
     .option('--block-size <n>', 'int4-weights block size along K (default 32)')
+    .option(
+      '--weight-range <grid>',
+      'int8 weights of a deployable recipe: reduced (default, |q| ≤ 64, exact on every x86 ' +
+        'CPU) | full (8 bits, for CPUs with VNNI)',
+    )
     .option('--data <dir>', 'also evaluate on these labelled images against the input model')
     .option('--limit <n>', 'evaluate only the first n images')
     .option('--latency-runs <n>', 'timed runs per model and batch size in evaluation', '20')

@@ -14,11 +14,13 @@ import { exportDynamic } from '../quant/deploy/dynamic.js';
 import { exportInt4 } from '../quant/deploy/int4.js';
 import { countIntegerKernels, type KernelCount } from '../quant/deploy/kernels.js';
 import { deployLayers } from '../quant/deploy/layers.js';
-import { exportQdq, qdqCalibrationValues } from '../quant/deploy/qdq.js';
+import { gptqBlocks } from '../quant/deploy/gptq-blocks.js';
+import { methodWeights, repqForDeployment } from '../quant/deploy/method-weights.js';
+import { exportQdq, qdqCalibrationValues, type QdqOptions } from '../quant/deploy/qdq.js';
 import { quantizeFqVit, type FqVitReport } from '../quant/methods/fqvit.js';
 import { quantizePtq4Vit } from '../quant/methods/ptq4vit.js';
 import type { Ptq4VitReport } from '../quant/methods/ptq4vit-types.js';
-import { quantizeRepQ, type RepQResult } from '../quant/methods/repq.js';
+import { insertRepQQuantizers, quantizeRepQ, type RepQResult } from '../quant/methods/repq.js';
 import { holdImages } from '../runtime/capture.js';
 import type { DeployLayerRow } from '../quant/deploy/types.js';
 import type { ActivationRanges } from '../quant/types.js';
@@ -145,10 +147,12 @@ async function calibrateValues(
   request: QuantizeRequest,
   values: readonly string[],
   reporting: Reporting,
+  // the model to calibrate, when not the input (RepQ-ViT's reparameterised one)
+  target: { model: ModelProto; structure: LoadedModel['structure'] } = request.source,
 ) {
-  const { options, source, run } = request;
+  const { options, run } = request;
   const { sample, batches, unreadable, path } = await requireCalibration(request, reporting);
-  const result = await calibrate(source.model, source.structure, batches(), {
+  const result = await calibrate(target.model, target.structure, batches(), {
     values,
     threads: run.threads,
     total: sample.size,
@@ -177,27 +181,23 @@ function keptLayers(request: QuantizeRequest) {
 
 async function deployable(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
   const { source, options } = request;
+  if (options.method === 'repq') return deployableRepQ(request, reporting);
+  if (options.recipe === 'int4-weights' && options.weights === 'gptq') {
+    return deployableGptqInt4(request, reporting);
+  }
   const { exclude, kept } = keptLayers(request);
+  const weightRange = options.weightRange;
   let calibration: CalibrationSummary | undefined;
   let exported;
   switch (options.recipe) {
     case 'w8a8': {
-      const values = qdqCalibrationValues(source.model, source.structure, { exclude });
-      let ranges: ActivationRanges = new Map();
-      // every layer may have taken a form that quantizes at run time: nothing to calibrate
-      if (values.length > 0) {
-        const { result, summary } = await calibrateValues(request, values, reporting);
-        calibration = summary;
-        const grid = { bits: 8, signed: false, symmetric: false };
-        ranges = activationRanges(result, options.observer, grid, {
-          percentile: options.percentile,
-        });
-      }
-      exported = exportQdq(source.model, source.structure, ranges, { exclude });
+      const w8a8 = await w8a8Export(request, source, { exclude, weightRange }, reporting);
+      exported = w8a8.exported;
+      calibration = w8a8.calibration;
       break;
     }
     case 'dynamic-int8':
-      exported = exportDynamic(source.model, source.structure, { exclude });
+      exported = exportDynamic(source.model, source.structure, { exclude, weightRange });
       break;
     case 'int4-weights':
       exported = exportInt4(source.model, source.structure, {
@@ -221,6 +221,150 @@ async function deployable(request: QuantizeRequest, reporting: Reporting): Promi
       notes: deployNotes(options.recipe!),
     },
   };
+}
+
+/** The w8a8 export of `target` (the input model, or a method's rewrite of it). */
+async function w8a8Export(
+  request: QuantizeRequest,
+  target: { model: ModelProto; structure: LoadedModel['structure'] },
+  qdq: QdqOptions,
+  reporting: Reporting,
+) {
+  const { options } = request;
+  const values = qdqCalibrationValues(target.model, target.structure, qdq);
+  let ranges: ActivationRanges = new Map();
+  let calibration: CalibrationSummary | undefined;
+  // every layer may have taken a form that quantizes at run time: nothing to calibrate
+  if (values.length > 0) {
+    const { result, summary } = await calibrateValues(request, values, reporting, target);
+    calibration = summary;
+    const grid = { bits: 8, signed: false, symmetric: false };
+    ranges = activationRanges(result, options.observer, grid, {
+      percentile: options.percentile,
+    });
+  }
+  return { exported: exportQdq(target.model, target.structure, ranges, qdq), calibration };
+}
+
+/**
+ * w8a8 of RepQ-ViT's reparameterised model with the weights of `--weights` (RepQ-ViT's
+ * rounding, GPTQ or ERQ) on their per-channel grids (quant/deploy/method-weights.ts).
+ */
+async function deployableRepQ(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
+  const { source, options, run } = request;
+  if (options.recipe !== 'w8a8') {
+    throw new InternalError(`RepQ-ViT deploys with the w8a8 recipe, not ${options.recipe}`);
+  }
+  const { exclude, kept } = keptLayers(request);
+  const held = await heldCalibration(request, reporting);
+  const calibration = await repqForDeployment(source.model, source.structure, held.images, {
+    weights: options.weights,
+    weightRange: options.weightRange,
+    threads: run.threads,
+    logger: reporting.logger,
+    onProgress: reporting.onProgress,
+  });
+  const qdq = { exclude, weightRange: options.weightRange, weightOf: methodWeights(calibration) };
+  const w8a8 = await w8a8Export(request, calibration, qdq, reporting);
+  const kernels = await countIntegerKernels(
+    w8a8.exported.model,
+    calibration.structure,
+    calibration.model,
+  );
+  const repq = insertRepQQuantizers(calibration).report;
+  return {
+    model: w8a8.exported.model,
+    report: {
+      kind: 'deployable',
+      recipe: options.recipe,
+      method: 'repq',
+      weights: options.weights,
+      calibration: held.summary(
+        repq.calibration.seconds,
+        repq.activations.length,
+        'percentile-mse',
+      ),
+      layers: w8a8.exported.layers,
+      kernels,
+      repq,
+      keptFloat: kept,
+      notes: [
+        ...deployNotes(options.recipe),
+        ...methodNotes('repq', options.weights),
+        `deployed: the reparameterised model with the ${options.weights} weights on RepQ-ViT's ` +
+          `per-channel grids (${repq.weightBits} bits, stored as int8 with per-channel zero ` +
+          'points) in the w8a8 forms; activations are quantized per tensor by those forms (at ' +
+          'run time for MatMul/Gemm), so RepQ-ViT’s calibrated activation grids and its log√2 ' +
+          'softmax quantizer are not in the deployed model (softmax stays float, as in w8a8)',
+      ],
+    },
+  };
+}
+
+/** int4-weights with GPTQ in MatMulNBits blocks (quant/deploy/gptq-blocks.ts). */
+async function deployableGptqInt4(
+  request: QuantizeRequest,
+  reporting: Reporting,
+): Promise<Product> {
+  const { source, options, run } = request;
+  const { exclude, kept } = keptLayers(request);
+  const held = await heldCalibration(request, reporting);
+  const gptq = await gptqBlocks(source.model, source.structure, held.images, {
+    blockSize: options.blockSize,
+    exclude,
+    threads: run.threads,
+    logger: reporting.logger,
+    onProgress: reporting.onProgress,
+  });
+  const exported = exportInt4(source.model, source.structure, {
+    blockSize: options.blockSize,
+    exclude,
+    blocksOf: (layer) => gptq.blocks.get(layer.node),
+  });
+  const kernels = await countIntegerKernels(exported.model, source.structure, source.model);
+  return {
+    model: exported.model,
+    report: {
+      kind: 'deployable',
+      recipe: options.recipe!,
+      weights: 'gptq',
+      calibration: held.summary(gptq.seconds, gptq.layers.length, 'GPTQ Hessians'),
+      layers: exported.layers,
+      kernels,
+      keptFloat: kept,
+      notes: [
+        ...deployNotes(options.recipe!),
+        `weights by GPTQ (arXiv:2210.17323) on the MatMulNBits grid: blocks of ` +
+          `${options.blockSize} input channels, each block's scale and zero point chosen when ` +
+          `the sweep reaches it; Hessians of the float inputs, block by block ` +
+          `(${gptq.passes} passes); proxy loss against rounding to nearest ` +
+          `${meanRatio(gptq.layers)} on average over the layers`,
+      ],
+    },
+  };
+}
+
+/** Mean of GPTQ's proxy loss over rounding's, as `0.62×`. */
+function meanRatio(layers: readonly { loss: number; roundingLoss: number }[]): string {
+  const ratios = layers.map((l) => (l.roundingLoss > 0 ? l.loss / l.roundingLoss : 1));
+  return `${(ratios.reduce((a, b) => a + b, 0) / Math.max(1, ratios.length)).toFixed(2)}×`;
+}
+
+/** The calibration sample held in memory, for the methods that pass over it several times. */
+async function heldCalibration(request: QuantizeRequest, reporting: Reporting) {
+  const { options } = request;
+  const { sample, batches, unreadable, path } = await requireCalibration(request, reporting);
+  const images = await holdImages(batches()).catch(unreadable);
+  if (images.length === 0) unreadable(new CalibrationError('no calibration image was read'));
+  const summary = (seconds: number, tensors: number, observer: string): CalibrationSummary => ({
+    path,
+    images: sample.size,
+    seed: options.seed,
+    observer,
+    seconds,
+    tensors,
+  });
+  return { images, summary };
 }
 
 function deployNotes(recipe: string): string[] {
