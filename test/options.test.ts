@@ -34,4 +34,28 @@ describe('quantize options', () => {
     expect(() => parse({ bits: 'w4a4', overrides: ['head=w9'] })).toThrow(/--override/);
     expect(() => parse({ recipe: 'w8a8', weights: 'gptq' })).toThrow(/--weights.*--method repq/);
   });
+
+  it('accepts the deployable forms of RepQ-ViT, GPTQ and ERQ', () => {
+    const repq = parse({ recipe: 'w8a8', method: 'repq', weights: 'erq', weightRange: 'full' });
+    expect([repq.recipe, repq.method, repq.weights, repq.weightRange]).toEqual([
+      'w8a8',
+      'repq',
+      'erq',
+      'full',
+    ]);
+    const int4 = parse({ recipe: 'int4-weights', weights: 'gptq' });
+    expect([int4.recipe, int4.method, int4.weights]).toEqual(['int4-weights', 'baseline', 'gptq']);
+  });
+
+  it('refuses the combinations that have no deployable form, naming the flag', () => {
+    const cases: [object, RegExp][] = [
+      [{ recipe: 'int4-weights', method: 'repq' }, /--method: RepQ-ViT deploys with --recipe w8a8/],
+      [{ recipe: 'dynamic-int8', method: 'repq' }, /--method: RepQ-ViT deploys/],
+      [{ recipe: 'w8a8', method: 'ptq4vit' }, /--method: only --method repq has a deployable/],
+      [{ recipe: 'int4-weights', weights: 'erq' }, /--weights: int4-weights takes --weights rtn/],
+      [{ bits: 'w4a4', weightRange: 'full' }, /--weight-range: .* deployable --recipe/],
+      [{ recipe: 'w8a8', weightRange: 'wide' }, /--weight-range/],
+    ];
+    for (const [options, message] of cases) expect(() => parse(options)).toThrow(message);
+  });
 });
