@@ -233,9 +233,12 @@ describe('RepQ-ViT, GPTQ and ERQ deployed as w8a8 on the MNIST ViT', () => {
   }
 });
 
-describe('RepQ-ViT deployed as w8a8 on the ViT-Tiny (opset 17)', () => {
+describe.each([
+  ['17', vitTiny.opset17],
+  ['13 (decomposed LayerNorm)', vitTiny.opset13],
+])('RepQ-ViT deployed as w8a8 on the ViT-Tiny, opset %s', (_, path) => {
   it('keeps the float outputs through the reparameterisation and runs ≥ 48 integer kernels', async () => {
-    const model = await loadModel(vitTiny.opset17);
+    const model = await loadModel(path);
     const images = await calibrationImages(4);
     const batch = {
       data: Float32Array.from(images.flatMap((d) => Array.from(d))),
