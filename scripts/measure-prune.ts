@@ -20,7 +20,6 @@ import { recognizeViT } from '../src/vit/index.js';
 
 const fixtures = join(packageRoot(), '..', 'shared', 'fixtures');
 const modelPath = join(fixtures, 'models/vit_tiny_patch16_224/model.opset17.onnx');
-const threads = 2;
 
 interface Held {
   data: Float32Array;
@@ -54,6 +53,8 @@ async function* stream<T>(items: readonly T[]): AsyncIterable<T> {
   for (const item of items) yield item;
 }
 
+let threads = 2;
+
 async function top1(model: ModelProto, val: readonly Held[]): Promise<number> {
   return (await evaluateAccuracy(model, stream(val), { threads })).top1!;
 }
@@ -70,9 +71,11 @@ async function main(): Promise<void> {
       'no-plain': { type: 'boolean', default: false },
       /** fp32 top-1 on these images when already known (skips its evaluation). */
       fp32: { type: 'string' },
+      threads: { type: 'string', default: '2' },
     },
   });
   const extra = JSON.parse(values.options) as PruneOptions;
+  threads = Number(values.threads);
   const wanted = values.only?.split(',');
   const model = await loadModel(modelPath);
   const structure = recognizeViT(model);

@@ -211,7 +211,7 @@ export const criterionNames = [
   'reconstruction',
   'ablation',
 ] as const satisfies readonly CriterionName[];
-export const pruningScopes = ['local', 'global', 'isomorphic'] as const;
+export const pruningScopes = ['local', 'global', 'isomorphic', 'sensitivity'] as const;
 export const compensationNames = [
   'none',
   'mean',

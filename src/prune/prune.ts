@@ -14,11 +14,12 @@ import type { ViTStructure } from '../vit/types.js';
 import { compensationUpdates } from './compensate.js';
 import { headDimGroup, headGroup, mlpGroup, traceContext } from './groups.js';
 import { ablationScores } from './ablation.js';
+import { sensitivitySelect } from './allocation.js';
 import { createImportance, type Importance, type ImportanceInputs } from './importance.js';
 import { roundKept, selectInBlocks, selectUnits } from './selection.js';
 import { sequentialCompensation, type SequentialOptions } from './sequential.js';
 import { channelStatistics, type StatisticsRequest } from './statistics.js';
-import { applyPruning } from './surgery.js';
+import { applyPruning, type WeightUpdates } from './surgery.js';
 import type {
   CompensationMethod,
   CriterionName,
@@ -67,8 +68,13 @@ export interface PruneOptions extends Reporting, SessionOptions {
   refit?: SequentialOptions['refit'];
   /** Sequential compensation: how tokens are weighted in the fit (default `none`). */
   tokenWeighting?: SequentialOptions['weighting'];
-  /** Images the `ablation` criterion runs per unit (default 32, the first calibration ones). */
+  /**
+   * Images the `ablation` criterion runs per unit and the `sensitivity` scope per measured width
+   * (default 32, the first calibration ones).
+   */
   ablationImages?: number;
+  /** The `sensitivity` scope: widths measured per group (default 6, up to `maxRatio`). */
+  sensitivityPoints?: number;
   /** Calibration images (another split than the evaluation images); read once. */
   calibration?: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>;
 }
@@ -175,7 +181,8 @@ export async function pruneModel(
   const inputs: ImportanceInputs = { index: new GraphIndex(model) };
   let images = 0;
   const held: CaptureBatch[] = [];
-  const hold = settings.sequential || settings.criterion === 'ablation';
+  const hold =
+    settings.sequential || settings.criterion === 'ablation' || settings.scope === 'sensitivity';
 
   if (settings.statistics) {
     const requests = statisticsRequests(all, settings.gram);
@@ -186,17 +193,20 @@ export async function pruneModel(
   } else if (hold) {
     for await (const _ of holding(options.calibration!, held)) images += _.dims[0] ?? 0;
   }
+  const few = held.slice(0, Math.ceil((options.ablationImages ?? 32) / (held[0]?.dims[0] ?? 1)));
   if (settings.criterion === 'ablation') {
-    const few = held.slice(0, Math.ceil((options.ablationImages ?? 32) / (held[0]?.dims[0] ?? 1)));
     inputs.ablation = await ablationScores(model, all, few, options);
   }
-  const selections = selectAll(groups, inputs, settings, options);
+  const compensate = (chosen: readonly GroupSelection[]) =>
+    compensationUpdates(inputs.index, chosen, inputs.moments ?? new Map(), {
+      method: settings.compensation,
+      alpha: options.ridgeAlpha,
+    });
+  const measure = { model, images: few, compensate };
+  const selections = await selectAll(groups, inputs, settings, options, measure);
   const updates = settings.sequential
     ? await sequentialUpdates(model, structure, selections, held, options)
-    : compensationUpdates(inputs.index, selections, inputs.moments ?? new Map(), {
-        method: settings.compensation,
-        alpha: options.ridgeAlpha,
-      });
+    : compensate(selections);
   const pruned = { ...applyPruning(model, structure, selections, updates), selections };
   logger.info(`pruned ${pruned.selections.length} groups (${images} calibration images)`);
   return { ...pruned, report: reportOf(structure, pruned.structure, settings, images) };
@@ -264,12 +274,20 @@ function statisticsRequests(groups: readonly DependencyGroup[], gram: boolean) {
   return [...values].map((value): StatisticsRequest => ({ value, gram }));
 }
 
-function selectAll(
+/** What the `sensitivity` scope measures with: the dense model, images and compensation. */
+interface Measure {
+  model: ModelProto;
+  images: readonly CaptureBatch[];
+  compensate: (selections: readonly GroupSelection[]) => WeightUpdates;
+}
+
+async function selectAll(
   groups: ReturnType<typeof groupsFor>,
   inputs: ImportanceInputs,
   { importance, scope }: Settings,
   o: PruneOptions,
-): GroupSelection[] {
+  measure: Measure,
+): Promise<GroupSelection[]> {
   const roundTo = o.roundTo ?? 8;
   const comparable = importance.comparable;
   const maxRatio = (ratio: number) => o.maxRatio ?? Math.min(0.9, 2 * ratio);
@@ -288,15 +306,24 @@ function selectAll(
     comparable,
     maxRatio: maxRatio(ratio),
   });
+  // the sensitivity scope measures each group pruned alone; other scopes rank scores
+  const select = async (list: DependencyGroup[], ratio: number, round: number) => {
+    const s = scoresFor(list, ratio, round);
+    if (scope !== 'sensitivity') return selectUnits(list, s, options(ratio, round));
+    const { model, images, compensate } = measure;
+    return sensitivitySelect(model, list, s, images, compensate, {
+      ratio,
+      roundTo: round,
+      maxRatio: maxRatio(ratio),
+      points: o.sensitivityPoints,
+      threads: o.threads,
+    });
+  };
   const selections: GroupSelection[] = [];
-  if (groups.mlp.length > 0) {
-    const s = scoresFor(groups.mlp, o.mlp!, roundTo);
-    selections.push(...selectUnits(groups.mlp, s, options(o.mlp!, roundTo)));
-  }
+  if (groups.mlp.length > 0) selections.push(...(await select(groups.mlp, o.mlp!, roundTo)));
   if (groups.heads.length > 0) {
     if (typeof o.heads === 'number') {
-      const s = scoresFor(groups.heads, o.heads, 1);
-      selections.push(...selectUnits(groups.heads, s, options(o.heads, 1)));
+      selections.push(...(await select(groups.heads, o.heads, 1)));
     } else {
       const { count, blocks } = o.heads!;
       const s = groups.heads.map((g) =>
@@ -309,7 +336,13 @@ function selectAll(
     // head sizes below 32 are kept to any size: rounding 8 or 16 to a multiple of 8 prunes nothing
     const round = Math.min(...groups.headDims.map((g) => (g.units >= 32 ? roundTo : 1)));
     const s = scoresFor(groups.headDims, o.headDims!, round);
-    selections.push(...selectUnits(groups.headDims, s, options(o.headDims!, round)));
+    // removing a head dimension also changes the attention logits, which zeroing rows of the
+    // output projection (what the sensitivity probe does) does not show: ranked globally
+    const dims = {
+      ...options(o.headDims!, round),
+      scope: scope === 'sensitivity' ? 'global' : scope,
+    };
+    selections.push(...selectUnits(groups.headDims, s, dims));
   }
   return selections.filter((s) => s.keep.length < s.group.units);
 }
