@@ -151,7 +151,7 @@ export function measuredCounts(
   const counts = new Set([0]);
   for (let p = 1; p <= points; p++) {
     // kept rounded up, so that no measured width removes more than the cap
-    const kept = Math.ceil((units * (1 - (maxRatio * p) / points)) / roundTo - 1e-9) * roundTo;
+    const kept = Math.ceil((units * (1 - (maxRatio * p) / points)) / roundTo - 1e-6) * roundTo;
     counts.add(units - Math.min(units, Math.max(roundTo, kept)));
   }
   return [...counts].sort((a, b) => a - b);

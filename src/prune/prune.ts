@@ -329,7 +329,21 @@ async function selectAll(
       const s = groups.heads.map((g) =>
         importance.score(g, { ...inputs, removable: count / g.units }),
       );
-      selections.push(...selectInBlocks(groups.heads, s, count, blocks, comparable));
+      if (scope === 'sensitivity' && typeof blocks === 'number' && count > 0) {
+        // which blocks lose `count` heads: those whose output changes least when they do
+        const { model, images, compensate } = measure;
+        const units = groups.heads.reduce((sum, g) => sum + g.units, 0);
+        const chosen = await sensitivitySelect(model, groups.heads, s, images, compensate, {
+          ratio: (count * blocks) / units,
+          roundTo: count,
+          maxRatio: Math.min(0.99, count / groups.heads[0]!.units),
+          points: 1,
+          threads: o.threads,
+        });
+        selections.push(...chosen);
+      } else {
+        selections.push(...selectInBlocks(groups.heads, s, count, blocks, comparable));
+      }
     }
   }
   if (groups.headDims.length > 0) {
