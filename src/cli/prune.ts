@@ -59,13 +59,17 @@ export function addPruneFlags(command: Command): Command {
       'importance: l1 | l2 | wanda | variance | reconstruction | ablation ' +
         '(default wanda with --calib, l2 without)',
     )
-    .option('--scope <name>', 'ranking: local (per block, default) | global | isomorphic')
+    .option(
+      '--scope <name>',
+      'ranking: local (per block, default) | global | isomorphic | sensitivity (per-block ' +
+        'widths from the measured output change of each block pruned alone)',
+    )
     .option(
       '--compensation <name>',
       'fold what removed units contributed into the next layer: none | mean | ridge ' +
         '(default ridge with --calib, none without)',
     )
-    .option('--max-ratio <fraction>', 'global/isomorphic: most of one block removed')
+    .option('--max-ratio <fraction>', 'global/isomorphic/sensitivity: most of one block removed')
     .option('--round-to <n>', 'kept MLP channels and head dimensions are multiples of n (8)')
     .option('--ridge-alpha <x>', 'ridge strength relative to the kept channels’ variance (1e-2)')
     .option(

@@ -221,21 +221,9 @@ export async function sensitivitySelect(
   compensate: CompensationFor,
   options: AllocationOptions,
 ): Promise<GroupSelection[]> {
-  if (images.length === 0) throw new CalibrationError('the sensitivity scope needs images');
   const index = new GraphIndex(model);
-  const layers = groups.map(readingLayer);
-  const { model: probeModel, defaults } = weightInputsProbe(model, layers);
-  const session = await createSession(probeModel, options, 'sensitivity probe');
-  const imageInput = session.inputNames.find((n) => !defaults.has(n))!;
-  const probe = { session, imageInput, defaults };
+  const { probe, reference } = await openProbe(model, groups, images, options);
   try {
-    const reference = await Promise.all(
-      images.map(async (b) => {
-        const feeds = { ...Object.fromEntries(defaults), [imageInput]: floatInput(b.data, b.dims) };
-        const out = await session.run(feeds);
-        return (out[session.outputNames[0]!]!.data as Float32Array).slice();
-      }),
-    );
     const measured: { counts: number[]; kls: number[] }[] = [];
     for (const [g, group] of groups.entries()) {
       const counts = measuredCounts(
@@ -268,6 +256,69 @@ export async function sensitivitySelect(
       keep: topUnits(scores[g]!, group.units - counts[g]!),
     }));
   } finally {
+    await probe.session.release();
+  }
+}
+
+/** The probe session for `groups` and the dense model's outputs on `images`. */
+async function openProbe(
+  model: ModelProto,
+  groups: readonly DependencyGroup[],
+  images: readonly CaptureBatch[],
+  options: SessionOptions,
+): Promise<{ probe: Probe; reference: Float32Array[] }> {
+  if (images.length === 0) throw new CalibrationError('the sensitivity scope needs images');
+  const { model: probeModel, defaults } = weightInputsProbe(model, groups.map(readingLayer));
+  const session = await createSession(probeModel, options, 'sensitivity probe');
+  const imageInput = session.inputNames.find((n) => !defaults.has(n))!;
+  const probe = { session, imageInput, defaults };
+  try {
+    const reference = await Promise.all(
+      images.map(async (b) => {
+        const feeds = { ...Object.fromEntries(defaults), [imageInput]: floatInput(b.data, b.dims) };
+        const out = await session.run(feeds);
+        return (out[session.outputNames[0]!]!.data as Float32Array).slice();
+      }),
+    );
+    return { probe, reference };
+  } catch (error) {
     await session.release();
+    throw error;
+  }
+}
+
+/**
+ * Scores of each unit of `groups`: the mean output KL of removing it alone with `compensate`'s
+ * weights, so that the unit whose compensated removal costs least goes first. Ablation with the compensation the run applies: a head that
+ * the others can stand in for scores low even if zeroing it alone would hurt.
+ */
+export async function compensatedAblation(
+  model: ModelProto,
+  groups: readonly DependencyGroup[],
+  images: readonly CaptureBatch[],
+  compensate: CompensationFor,
+  options: SessionOptions = {},
+): Promise<Float64Array[]> {
+  const index = new GraphIndex(model);
+  const { probe, reference } = await openProbe(model, groups, images, options);
+  try {
+    const scores: Float64Array[] = [];
+    for (const group of groups) {
+      const s = new Float64Array(group.units);
+      for (let u = 0; u < group.units; u++) {
+        const keep = Array.from({ length: group.units }, (_, i) => i).filter((i) => i !== u);
+        const selection = { group, keep };
+        s[u] = await meanKl(
+          probe,
+          images,
+          reference,
+          fedTensors(index, selection, compensate([selection])),
+        );
+      }
+      scores.push(s);
+    }
+    return scores;
+  } finally {
+    await probe.session.release();
   }
 }

@@ -14,7 +14,7 @@ import type { ViTStructure } from '../vit/types.js';
 import { compensationUpdates } from './compensate.js';
 import { headDimGroup, headGroup, mlpGroup, traceContext } from './groups.js';
 import { ablationScores } from './ablation.js';
-import { sensitivitySelect } from './allocation.js';
+import { compensatedAblation, sensitivitySelect } from './allocation.js';
 import { createImportance, type Importance, type ImportanceInputs } from './importance.js';
 import { roundKept, selectInBlocks, selectUnits } from './selection.js';
 import { sequentialCompensation, type SequentialOptions } from './sequential.js';
@@ -326,12 +326,17 @@ async function selectAll(
       selections.push(...(await select(groups.heads, o.heads, 1)));
     } else {
       const { count, blocks } = o.heads!;
-      const s = groups.heads.map((g) =>
-        importance.score(g, { ...inputs, removable: count / g.units }),
-      );
+      const { model, images, compensate } = measure;
+      // under the sensitivity scope the heads of a block are ranked by their compensated
+      // removal's output KL; the criterion ranks them otherwise
+      const s =
+        scope === 'sensitivity'
+          ? await compensatedAblation(model, groups.heads, images, compensate, {
+              threads: o.threads,
+            })
+          : groups.heads.map((g) => importance.score(g, { ...inputs, removable: count / g.units }));
       if (scope === 'sensitivity' && typeof blocks === 'number' && count > 0) {
         // which blocks lose `count` heads: those whose output changes least when they do
-        const { model, images, compensate } = measure;
         const units = groups.heads.reduce((sum, g) => sum + g.units, 0);
         const chosen = await sensitivitySelect(model, groups.heads, s, images, compensate, {
           ratio: (count * blocks) / units,
