@@ -36,6 +36,8 @@ interface Config {
   kind: 'structured' | 'tokens' | 'low rank' | 'stack';
   command: 'prune' | 'compress';
   args: string[];
+  /** Calibration images (default 32). */
+  calibCount?: number;
 }
 
 const configs: Config[] = [
@@ -123,7 +125,8 @@ async function benchOne(config: Config): Promise<Row | null> {
     config.command,
     join(fixtures, 'models', 'vit_tiny_patch16_224', 'model.opset17.onnx'),
     ...config.args,
-    ...['--calib', join(images, 'imagenet-calib-256'), '--calib-count', '32'],
+    ...['--calib', join(images, 'imagenet-calib-256')],
+    ...['--calib-count', String(config.calibCount ?? 32)],
     ...['--data', join(images, 'imagenet-val-500'), '--threads', threads, '--batch', '8'],
     ...['--latency-runs', flags.quick ? '10' : '20', '--force', '-q', '-o', out],
     ...(flags.quick ? ['--limit', '100'] : []),

@@ -299,7 +299,7 @@ export const pruneOptionsSchema = z
     heads: headsFlag.optional(),
     headDims: removedFraction.optional(),
     criterion: z.enum(criterionNames).optional(),
-    scope: z.enum(pruningScopes).default('local'),
+    scope: z.enum(pruningScopes).optional(),
     compensation: z.enum(compensationNames).optional(),
     maxRatio: z.coerce.number().gt(0, 'must be in (0, 1)').lt(1, 'must be in (0, 1)').optional(),
     roundTo: positiveInt.default(8),

@@ -57,12 +57,13 @@ export function addPruneFlags(command: Command): Command {
     .option(
       '--criterion <name>',
       'importance: l1 | l2 | wanda | variance | reconstruction | ablation ' +
-        '(default wanda with --calib, l2 without)',
+        '(default with --calib: reconstruction with --mlp, wanda otherwise; l2 without)',
     )
     .option(
       '--scope <name>',
-      'ranking: local (per block, default) | global | isomorphic | sensitivity (per-block ' +
-        'widths from the measured output change of each block pruned alone)',
+      'ranking: local (per block) | global | isomorphic | sensitivity (per-block widths from ' +
+        'the measured output change of each block pruned alone); default global with --mlp ' +
+        'and --calib, local otherwise',
     )
     .option(
       '--compensation <name>',

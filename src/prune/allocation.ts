@@ -289,8 +289,9 @@ async function openProbe(
 
 /**
  * Scores of each unit of `groups`: the mean output KL of removing it alone with `compensate`'s
- * weights, so that the unit whose compensated removal costs least goes first. Ablation with the compensation the run applies: a head that
- * the others can stand in for scores low even if zeroing it alone would hurt.
+ * weights, so that the unit whose compensated removal costs least goes first. This is ablation
+ * with the compensation the run applies: a head that the others can stand in for scores low even
+ * if zeroing it alone would hurt.
  */
 export async function compensatedAblation(
   model: ModelProto,

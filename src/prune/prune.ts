@@ -37,9 +37,12 @@ export interface PruneOptions extends Reporting, SessionOptions {
   heads?: HeadsOption;
   /** Fraction of the head dimensions to remove (the same in every head); not with `heads`. */
   headDims?: number;
-  /** Default `wanda` with calibration images, `l2` without. */
+  /**
+   * Default with calibration images: `reconstruction` when MLP channels are pruned (in that
+   * pass), `wanda` otherwise; `l2` without.
+   */
   criterion?: CriterionName;
-  /** Default `local`. */
+  /** Default `global` with calibration images when MLP channels are pruned, `local` otherwise. */
   scope?: PruningScope;
   /**
    * Global and isomorphic scopes: the largest fraction of one group removed (default twice the
@@ -142,7 +145,11 @@ interface Settings {
 
 function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Settings {
   const hasCalibration = o.calibration !== undefined;
-  const criterion = o.criterion ?? (hasCalibration ? 'wanda' : 'l2');
+  // MLP channels: the greedy reconstruction order ranked across blocks measured best with ridge
+  // compensation on the ViT-Tiny (78.8 % against 74.8 % for Wanda per block, MLP −30 %)
+  const mlpDefaults = hasCalibration && (o.mlp ?? 0) > 0;
+  const criterion =
+    o.criterion ?? (mlpDefaults ? 'reconstruction' : hasCalibration ? 'wanda' : 'l2');
   const compensation = o.compensation ?? (hasCalibration ? 'ridge' : 'none');
   const importance = createImportance(criterion, o.ridgeAlpha);
   const statistics = groups.length > 0 && (importance.needsActivations || compensation !== 'none');
@@ -155,7 +162,7 @@ function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Setti
   return {
     criterion,
     compensation,
-    scope: o.scope ?? 'local',
+    scope: o.scope ?? (mlpDefaults ? 'global' : 'local'),
     importance,
     statistics,
     // sequential compensation collects its own Gram matrices on the pruned prefix
