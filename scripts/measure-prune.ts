@@ -8,6 +8,10 @@
  *   npx tsx scripts/measure-prune.ts                     # every row, 256 calibration images
  *   npx tsx scripts/measure-prune.ts --calib 64 --val 100 --only mlp
  *   npx tsx scripts/measure-prune.ts --options '{"sequential":false}'   # extra pruneModel options
+ *   npx tsx scripts/measure-prune.ts --threads 1 --only heads --options '{"scope":"sensitivity"}'
+ *
+ * --threads sets onnxruntime's intra-op threads (default 2); --no-plain skips the uncompensated
+ * row; --fp32 gives the fp32 top-1 when it is known, to skip its evaluation.
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
