@@ -1,11 +1,12 @@
 /**
  * `npm run bench:prune`: what pruning buys in onnxruntime, measured. Each row runs the real CLI
  * (`vitslim prune` or `vitslim compress`) on the ViT-Tiny in a child process: calibrate on 32
- * images of `imagenet-calib-256` (seed 0; the rows that say so, on all 256), evaluate on `imagenet-val-500` against the fp32
- * input, and time both models side by side in one process (two sessions alive, interleaved
- * runs). The table sets the measured batch-1 speed-up beside the MAC reduction; "realised" is
- * (speed-up − 1) / (MAC reduction − 1), the share of the time saving the MACs promise that the
- * runtime delivers. Writes bench-results/bench-prune.json and bench-prune.md after every row.
+ * images of `imagenet-calib-256` (seed 0; the rows that say so, on all 256), evaluate on
+ * `imagenet-val-500` against the fp32 input, and time both models side by side in one process
+ * (two sessions alive, interleaved runs). The table sets the measured batch-1 speed-up beside
+ * the MAC reduction; "realised" is (speed-up − 1) / (MAC reduction − 1), the share of the time
+ * saving the MACs promise that the runtime delivers. Writes bench-results/bench-prune.json and
+ * bench-prune.md after every row.
  *
  *   npm run bench:prune                    # every row, all 500 images
  *   npm run bench:prune -- --quick         # 100 images, fewer timed runs
@@ -27,7 +28,7 @@ const { values: flags } = parseArgs({
   options: { quick: { type: 'boolean', default: false }, only: { type: 'string' } },
 });
 
-/** MLP pruning with the defaults: greedy reconstruction ranked across blocks, ridge compensation. */
+/** MLP pruning with the defaults: greedy reconstruction ranked globally, ridge compensation. */
 const mlp30 = ['--mlp', '0.3'];
 
 interface Config {
