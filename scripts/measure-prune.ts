@@ -8,6 +8,10 @@
  *   npx tsx scripts/measure-prune.ts                     # every row, 256 calibration images
  *   npx tsx scripts/measure-prune.ts --calib 64 --val 100 --only mlp
  *   npx tsx scripts/measure-prune.ts --options '{"sequential":false}'   # extra pruneModel options
+ *   npx tsx scripts/measure-prune.ts --threads 1 --only heads --options '{"scope":"sensitivity"}'
+ *
+ * --threads sets onnxruntime's intra-op threads (default 2); --no-plain skips the uncompensated
+ * row; --fp32 gives the fp32 top-1 when it is known, to skip its evaluation.
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -20,7 +24,6 @@ import { recognizeViT } from '../src/vit/index.js';
 
 const fixtures = join(packageRoot(), '..', 'shared', 'fixtures');
 const modelPath = join(fixtures, 'models/vit_tiny_patch16_224/model.opset17.onnx');
-const threads = 2;
 
 interface Held {
   data: Float32Array;
@@ -54,6 +57,8 @@ async function* stream<T>(items: readonly T[]): AsyncIterable<T> {
   for (const item of items) yield item;
 }
 
+let threads = 2;
+
 async function top1(model: ModelProto, val: readonly Held[]): Promise<number> {
   return (await evaluateAccuracy(model, stream(val), { threads })).top1!;
 }
@@ -70,9 +75,11 @@ async function main(): Promise<void> {
       'no-plain': { type: 'boolean', default: false },
       /** fp32 top-1 on these images when already known (skips its evaluation). */
       fp32: { type: 'string' },
+      threads: { type: 'string', default: '2' },
     },
   });
   const extra = JSON.parse(values.options) as PruneOptions;
+  threads = Number(values.threads);
   const wanted = values.only?.split(',');
   const model = await loadModel(modelPath);
   const structure = recognizeViT(model);

@@ -244,7 +244,7 @@ export const criterionNames = [
   'reconstruction',
   'ablation',
 ] as const satisfies readonly CriterionName[];
-export const pruningScopes = ['local', 'global', 'isomorphic'] as const;
+export const pruningScopes = ['local', 'global', 'isomorphic', 'sensitivity'] as const;
 export const compensationNames = [
   'none',
   'mean',
@@ -332,7 +332,7 @@ export const pruneOptionsSchema = z
     heads: headsFlag.optional(),
     headDims: removedFraction.optional(),
     criterion: z.enum(criterionNames).optional(),
-    scope: z.enum(pruningScopes).default('local'),
+    scope: z.enum(pruningScopes).optional(),
     compensation: z.enum(compensationNames).optional(),
     maxRatio: z.coerce.number().gt(0, 'must be in (0, 1)').lt(1, 'must be in (0, 1)').optional(),
     roundTo: positiveInt.default(8),

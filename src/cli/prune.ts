@@ -57,15 +57,20 @@ export function addPruneFlags(command: Command): Command {
     .option(
       '--criterion <name>',
       'importance: l1 | l2 | wanda | variance | reconstruction | ablation ' +
-        '(default wanda with --calib, l2 without)',
+        '(default with --calib: reconstruction with --mlp, wanda otherwise; l2 without)',
     )
-    .option('--scope <name>', 'ranking: local (per block, default) | global | isomorphic')
+    .option(
+      '--scope <name>',
+      'ranking: local (per block) | global | isomorphic | sensitivity (per-block widths from ' +
+        'the measured output change of each block pruned alone); default global with --mlp ' +
+        'and --calib, local otherwise',
+    )
     .option(
       '--compensation <name>',
       'fold what removed units contributed into the next layer: none | mean | ridge ' +
         '(default ridge with --calib, none without)',
     )
-    .option('--max-ratio <fraction>', 'global/isomorphic: most of one block removed')
+    .option('--max-ratio <fraction>', 'global/isomorphic/sensitivity: most of one block removed')
     .option('--round-to <n>', 'kept MLP channels and head dimensions are multiples of n (8)')
     .option('--ridge-alpha <x>', 'ridge strength relative to the kept channels’ variance (1e-2)')
     .option(

@@ -278,7 +278,7 @@ function pruneSettings(o: PruneFlags): PruneOptions {
     ...(o.compensation ? { compensation: o.compensation } : {}),
     ...(o.maxRatio !== undefined ? { maxRatio: o.maxRatio } : {}),
     ...(o.ridgeAlpha !== undefined ? { ridgeAlpha: o.ridgeAlpha } : {}),
-    scope: o.scope,
+    ...(o.scope ? { scope: o.scope } : {}),
     roundTo: o.roundTo,
   };
 }

@@ -14,11 +14,12 @@ import type { ViTStructure } from '../vit/types.js';
 import { compensationUpdates } from './compensate.js';
 import { headDimGroup, headGroup, mlpGroup, traceContext } from './groups.js';
 import { ablationScores } from './ablation.js';
+import { compensatedAblation, sensitivitySelect } from './allocation.js';
 import { createImportance, type Importance, type ImportanceInputs } from './importance.js';
 import { roundKept, selectInBlocks, selectUnits } from './selection.js';
 import { sequentialCompensation, type SequentialOptions } from './sequential.js';
 import { channelStatistics, type StatisticsRequest } from './statistics.js';
-import { applyPruning } from './surgery.js';
+import { applyPruning, type WeightUpdates } from './surgery.js';
 import type {
   CompensationMethod,
   CriterionName,
@@ -36,9 +37,12 @@ export interface PruneOptions extends Reporting, SessionOptions {
   heads?: HeadsOption;
   /** Fraction of the head dimensions to remove (the same in every head); not with `heads`. */
   headDims?: number;
-  /** Default `wanda` with calibration images, `l2` without. */
+  /**
+   * Default with calibration images: `reconstruction` when MLP channels are pruned (in that
+   * pass), `wanda` otherwise; `l2` without.
+   */
   criterion?: CriterionName;
-  /** Default `local`. */
+  /** Default `global` with calibration images when MLP channels are pruned, `local` otherwise. */
   scope?: PruningScope;
   /**
    * Global and isomorphic scopes: the largest fraction of one group removed (default twice the
@@ -67,8 +71,13 @@ export interface PruneOptions extends Reporting, SessionOptions {
   refit?: SequentialOptions['refit'];
   /** Sequential compensation: how tokens are weighted in the fit (default `none`). */
   tokenWeighting?: SequentialOptions['weighting'];
-  /** Images the `ablation` criterion runs per unit (default 32, the first calibration ones). */
+  /**
+   * Images the `ablation` criterion runs per unit and the `sensitivity` scope per measured width
+   * (default 32, the first calibration ones).
+   */
   ablationImages?: number;
+  /** The `sensitivity` scope: widths measured per group (default 6, up to `maxRatio`). */
+  sensitivityPoints?: number;
   /** Calibration images (another split than the evaluation images); read once. */
   calibration?: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>;
 }
@@ -136,7 +145,11 @@ interface Settings {
 
 function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Settings {
   const hasCalibration = o.calibration !== undefined;
-  const criterion = o.criterion ?? (hasCalibration ? 'wanda' : 'l2');
+  // MLP channels: the greedy reconstruction order ranked across blocks measured best with ridge
+  // compensation on the ViT-Tiny (78.8 % against 74.8 % for Wanda per block, MLP −30 %)
+  const mlpDefaults = hasCalibration && (o.mlp ?? 0) > 0;
+  const criterion =
+    o.criterion ?? (mlpDefaults ? 'reconstruction' : hasCalibration ? 'wanda' : 'l2');
   const compensation = o.compensation ?? (hasCalibration ? 'ridge' : 'none');
   const importance = createImportance(criterion, o.ridgeAlpha);
   const statistics = groups.length > 0 && (importance.needsActivations || compensation !== 'none');
@@ -149,7 +162,7 @@ function settingsFor(o: PruneOptions, groups: readonly DependencyGroup[]): Setti
   return {
     criterion,
     compensation,
-    scope: o.scope ?? 'local',
+    scope: o.scope ?? (mlpDefaults ? 'global' : 'local'),
     importance,
     statistics,
     // sequential compensation collects its own Gram matrices on the pruned prefix
@@ -175,7 +188,8 @@ export async function pruneModel(
   const inputs: ImportanceInputs = { index: new GraphIndex(model) };
   let images = 0;
   const held: CaptureBatch[] = [];
-  const hold = settings.sequential || settings.criterion === 'ablation';
+  const hold =
+    settings.sequential || settings.criterion === 'ablation' || settings.scope === 'sensitivity';
 
   if (settings.statistics) {
     const requests = statisticsRequests(all, settings.gram);
@@ -186,17 +200,20 @@ export async function pruneModel(
   } else if (hold) {
     for await (const _ of holding(options.calibration!, held)) images += _.dims[0] ?? 0;
   }
+  const few = held.slice(0, Math.ceil((options.ablationImages ?? 32) / (held[0]?.dims[0] ?? 1)));
   if (settings.criterion === 'ablation') {
-    const few = held.slice(0, Math.ceil((options.ablationImages ?? 32) / (held[0]?.dims[0] ?? 1)));
     inputs.ablation = await ablationScores(model, all, few, options);
   }
-  const selections = selectAll(groups, inputs, settings, options);
+  const compensate = (chosen: readonly GroupSelection[]) =>
+    compensationUpdates(inputs.index, chosen, inputs.moments ?? new Map(), {
+      method: settings.compensation,
+      alpha: options.ridgeAlpha,
+    });
+  const measure = { model, images: few, compensate };
+  const selections = await selectAll(groups, inputs, settings, options, measure);
   const updates = settings.sequential
     ? await sequentialUpdates(model, structure, selections, held, options)
-    : compensationUpdates(inputs.index, selections, inputs.moments ?? new Map(), {
-        method: settings.compensation,
-        alpha: options.ridgeAlpha,
-      });
+    : compensate(selections);
   const pruned = { ...applyPruning(model, structure, selections, updates), selections };
   logger.info(`pruned ${pruned.selections.length} groups (${images} calibration images)`);
   return { ...pruned, report: reportOf(structure, pruned.structure, settings, images) };
@@ -264,12 +281,20 @@ function statisticsRequests(groups: readonly DependencyGroup[], gram: boolean) {
   return [...values].map((value): StatisticsRequest => ({ value, gram }));
 }
 
-function selectAll(
+/** What the `sensitivity` scope measures with: the dense model, images and compensation. */
+interface Measure {
+  model: ModelProto;
+  images: readonly CaptureBatch[];
+  compensate: (selections: readonly GroupSelection[]) => WeightUpdates;
+}
+
+async function selectAll(
   groups: ReturnType<typeof groupsFor>,
   inputs: ImportanceInputs,
   { importance, scope }: Settings,
   o: PruneOptions,
-): GroupSelection[] {
+  measure: Measure,
+): Promise<GroupSelection[]> {
   const roundTo = o.roundTo ?? 8;
   const comparable = importance.comparable;
   const maxRatio = (ratio: number) => o.maxRatio ?? Math.min(0.9, 2 * ratio);
@@ -288,28 +313,62 @@ function selectAll(
     comparable,
     maxRatio: maxRatio(ratio),
   });
+  // the sensitivity scope measures each group pruned alone; other scopes rank scores
+  const select = async (list: DependencyGroup[], ratio: number, round: number) => {
+    const s = scoresFor(list, ratio, round);
+    if (scope !== 'sensitivity') return selectUnits(list, s, options(ratio, round));
+    const { model, images, compensate } = measure;
+    return sensitivitySelect(model, list, s, images, compensate, {
+      ratio,
+      roundTo: round,
+      maxRatio: maxRatio(ratio),
+      points: o.sensitivityPoints,
+      threads: o.threads,
+    });
+  };
   const selections: GroupSelection[] = [];
-  if (groups.mlp.length > 0) {
-    const s = scoresFor(groups.mlp, o.mlp!, roundTo);
-    selections.push(...selectUnits(groups.mlp, s, options(o.mlp!, roundTo)));
-  }
+  if (groups.mlp.length > 0) selections.push(...(await select(groups.mlp, o.mlp!, roundTo)));
   if (groups.heads.length > 0) {
     if (typeof o.heads === 'number') {
-      const s = scoresFor(groups.heads, o.heads, 1);
-      selections.push(...selectUnits(groups.heads, s, options(o.heads, 1)));
+      selections.push(...(await select(groups.heads, o.heads, 1)));
     } else {
       const { count, blocks } = o.heads!;
-      const s = groups.heads.map((g) =>
-        importance.score(g, { ...inputs, removable: count / g.units }),
-      );
-      selections.push(...selectInBlocks(groups.heads, s, count, blocks, comparable));
+      const { model, images, compensate } = measure;
+      // under the sensitivity scope the heads of a block are ranked by their compensated
+      // removal's output KL; the criterion ranks them otherwise
+      const s =
+        scope === 'sensitivity'
+          ? await compensatedAblation(model, groups.heads, images, compensate, {
+              threads: o.threads,
+            })
+          : groups.heads.map((g) => importance.score(g, { ...inputs, removable: count / g.units }));
+      if (scope === 'sensitivity' && typeof blocks === 'number' && count > 0) {
+        // which blocks lose `count` heads: those whose output changes least when they do
+        const units = groups.heads.reduce((sum, g) => sum + g.units, 0);
+        const chosen = await sensitivitySelect(model, groups.heads, s, images, compensate, {
+          ratio: (count * blocks) / units,
+          roundTo: count,
+          maxRatio: Math.min(0.99, count / groups.heads[0]!.units),
+          points: 1,
+          threads: o.threads,
+        });
+        selections.push(...chosen);
+      } else {
+        selections.push(...selectInBlocks(groups.heads, s, count, blocks, comparable));
+      }
     }
   }
   if (groups.headDims.length > 0) {
     // head sizes below 32 are kept to any size: rounding 8 or 16 to a multiple of 8 prunes nothing
     const round = Math.min(...groups.headDims.map((g) => (g.units >= 32 ? roundTo : 1)));
     const s = scoresFor(groups.headDims, o.headDims!, round);
-    selections.push(...selectUnits(groups.headDims, s, options(o.headDims!, round)));
+    // removing a head dimension also changes the attention logits, which zeroing rows of the
+    // output projection (what the sensitivity probe does) does not show: ranked globally
+    const dims = {
+      ...options(o.headDims!, round),
+      scope: scope === 'sensitivity' ? 'global' : scope,
+    };
+    selections.push(...selectUnits(groups.headDims, s, dims));
   }
   return selections.filter((s) => s.keep.length < s.group.units);
 }

@@ -52,8 +52,11 @@ export interface GroupSelection {
   keep: readonly number[];
 }
 
-/** Ranking scopes (pruning-methods.md §2.1). */
-export type PruningScope = 'local' | 'global' | 'isomorphic';
+/**
+ * Ranking scopes (pruning-methods.md §2.1), and `sensitivity`: per-group shares chosen from the
+ * measured output change of each group pruned alone (allocation.ts).
+ */
+export type PruningScope = 'local' | 'global' | 'isomorphic' | 'sensitivity';
 
 export type CriterionName = 'l1' | 'l2' | 'wanda' | 'variance' | 'reconstruction' | 'ablation';
 

@@ -59,7 +59,8 @@ describe('vitslim compress', () => {
     const run = await vitslim([
       'compress',
       vitMnist,
-      ...['--mlp', '0.25', '--recipe', 'w8a8', '--calib', mnistCalib, '--calib-count', '8'],
+      ...['--mlp', '0.25', '--scope', 'local'],
+      ...['--recipe', 'w8a8', '--calib', mnistCalib, '--calib-count', '8'],
       ...['--data', mnistDir, '--limit', '200', '--latency-runs', '2', '--eval-pruned'],
       ...['--threads', '2', '-q', '-o', out],
     ]);

@@ -80,6 +80,7 @@ describe('vitslim prune', () => {
       'prune',
       vitMnist,
       ...['--mlp', '0.25', '--heads', '1@[0,3]', '--head-dims', '0.25'],
+      ...['--criterion', 'wanda', '--scope', 'local'],
       ...['--calib', mnistCalib, '--calib-count', '8'],
       ...['--data', mnistDir, '--limit', '200', '--latency-runs', '2', '--threads', '2'],
       ...['-q', '-o', out],
@@ -169,7 +170,7 @@ describe('vitslim prune', () => {
       vitslim([
         'prune',
         vitMnist,
-        ...['--mlp', '0.25', '--rank', '0.6', '--rank-layers', 'blocks.*.mlp'],
+        ...['--mlp', '0.25', '--scope', 'local', '--rank', '0.6', '--rank-layers', 'blocks.*.mlp'],
         ...['--tokens', 'evit:0.5@2', ...common, '-o', stacked],
       ]),
       // by magnitude, which needs no calibration images
