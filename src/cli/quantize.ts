@@ -24,6 +24,7 @@ const quantizeKeys = [
   'method',
   'weights',
   'noisyQuant',
+  'fpFormat',
   'bits',
   'observer',
   'weightObserver',
@@ -56,7 +57,13 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     .option(
       '--method <name>',
       'simulated method with --bits: baseline (observers, default) | repq (RepQ-ViT) | ' +
-        'ptq4vit (PTQ4ViT) | fqvit (FQ-ViT)',
+        'ptq4vit (PTQ4ViT) | fqvit (FQ-ViT) | fp (LLM-FP4 float formats) | ' +
+        'adalog (AdaLog) | isvit (I&S-ViT softmax quantizer)',
+    )
+    .option(
+      '--fp-format <f>',
+      'float format of --method fp, or <weights>,<activations>: e4m3 | e5m2 | e3m2 | e2m1 ' +
+        '(default by bit width: 8 e4m3, 6 e3m2, 4 e2m1)',
     )
     .option('--weights <how>', 'RepQ-ViT weight rounding: rtn (default) | gptq | erq')
     .option('--noisy-quant', 'PTQ4ViT with NoisyQuant noise before the post-GELU quantizers')
