@@ -56,19 +56,24 @@ export const adaLogOptionsSchema = z.strictObject({
   /** Levels in the shift-and-table form the paper deploys (otherwise exact powers). */
   hardware: z.boolean().default(true),
   /** Attention rows (one query's probabilities in one head) scoring the softmax search. */
-  attentionRows: count.default(256),
+  attentionRows: count.default(128),
   /** Rows of fc2's input (tokens) scoring the GELU search. */
-  geluRows: count.default(64),
-  /** FPCS sizes; `keep` 8 by default where the paper keeps 32 (4× fewer refinements). */
+  geluRows: count.default(32),
+  /**
+   * FPCS sizes. By default smaller than the paper's (129 bases on the output, 8 × 16 pairs,
+   * keep 32): 16 bases preselected by tensor error, 4 × 16 pairs, keep 4, 6 steps of 4 — about
+   * 180 output scores per layer instead of about 1,000, which a CPU search can afford.
+   */
   search: z
     .strictObject({
+      preselect: count,
       topBases: count,
       scales: count.min(2),
       keep: count,
       steps: z.number().int().min(0),
       perStep: count,
     })
-    .default({ ...paperProgressiveSearch, keep: 8 }),
+    .default({ ...paperProgressiveSearch, preselect: 16, topBases: 4, keep: 4 }),
 });
 
 export type AdaLogOptions = z.input<typeof adaLogOptionsSchema> & Reporting & SessionOptions;

@@ -5,13 +5,21 @@
  * - post-Softmax: s = 1 and every base numerator q_b in 10 … 138 tried; the score is
  *   Σ(P̂·V̂ − P·V)² over sampled attention rows, V̂ the value operand on its uniform grid;
  * - post-GELU (η = 0.16997): the fast progressive combining search (FPCS). The bases are ranked
- *   at s = max(x + η); the best `topBases` are crossed with `scales` values of s spaced linearly
+ *   at s = max(x + η), first all of them by the tensor's own squared error, then the best
+ *   `preselect` by the output error (the paper scores all 129 on the output; the tensor error
+ *   only narrows the list, at a fraction of the cost); the best `topBases` are crossed with
+ *   `scales` values of s spaced linearly
  *   from the 0.9 quantile to the max of the positive x + η; the best `keep` pairs are refined
  *   `steps` times, each pair giving `perStep` new scales spread over ±½ of the current spacing,
  *   which then shrinks by 1/(perStep − ½). The score is Σ(X̂·Ŵ − X·W)² over sampled rows of
  *   fc2's input, Ŵ its quantized weight.
  */
-import { adaLogFakeQuantize, geluShift, type AdaLogQuantizer } from '../adalog.js';
+import {
+  adaLogFakeQuantize,
+  adaLogSquaredError,
+  geluShift,
+  type AdaLogQuantizer,
+} from '../adalog.js';
 
 /** q_b candidates of the paper: 10 … 138 (base 2^0.27 … 2^3.73 with r = 37). */
 export const adaLogBaseNumerators: readonly number[] = Array.from(
@@ -123,6 +131,8 @@ export function searchSoftmaxBase(
 
 /** FPCS's sizes (the paper's: 8 bases × 16 scales, keep 32, 6 steps of 4 scales). */
 export interface ProgressiveSearch {
+  /** Bases (of the 129) ranked by output error after a ranking by tensor error. */
+  preselect: number;
   topBases: number;
   scales: number;
   keep: number;
@@ -131,6 +141,7 @@ export interface ProgressiveSearch {
 }
 
 export const paperProgressiveSearch: ProgressiveSearch = {
+  preselect: 129,
   topBases: 8,
   scales: 16,
   keep: 32,
@@ -160,8 +171,19 @@ export function searchGeluQuantizer(
     };
   };
   const { low, high } = scaleRange(problem.x);
+  const tensorError = (b: number) =>
+    adaLogSquaredError(problem.x, {
+      bits,
+      baseNumerator: b,
+      scale: high,
+      shift: geluShift,
+      hardware,
+    });
   const bases = adaLogBaseNumerators
-    .map((b) => score(b, high))
+    .map((b) => ({ b, error: tensorError(b) }))
+    .sort((u, v) => u.error - v.error)
+    .slice(0, search.preselect)
+    .map(({ b }) => score(b, high))
     .sort((u, v) => u.error - v.error)
     .slice(0, search.topBases)
     .map((s) => s.quantizer.baseNumerator);
