@@ -36,6 +36,7 @@ import { roundHalfEven } from '../uniform.js';
 import {
   attentionSquaredError,
   matmulRows,
+  outputSquaredError,
   paperProgressiveSearch,
   searchGeluQuantizer,
   searchSoftmaxBase,
@@ -57,8 +58,10 @@ export const adaLogOptionsSchema = z.strictObject({
   hardware: z.boolean().default(true),
   /** Attention rows (one query's probabilities in one head) scoring the softmax search. */
   attentionRows: count.default(128),
-  /** Rows of fc2's input (tokens) scoring the GELU search. */
+  /** Rows of fc2's input (tokens) scoring the GELU search, at an even stride. */
   geluRows: count.default(32),
+  /** Rows of fc2's input with the largest max|x| added to the strided ones. */
+  outlierRows: z.number().int().min(0).default(16),
   /**
    * FPCS sizes. By default smaller than the paper's (129 bases on the output, 8 × 16 pairs,
    * keep 32): 16 bases preselected by tensor error, 4 × 16 pairs, keep 4, 6 steps of 4 — about
@@ -227,7 +230,7 @@ async function captureProblems(
   const byValue = new Map(calibration.quantizers.activations.map((a) => [a.value, a]));
   const pRows = new Map<string, { rows: number[][]; group: number[]; groups: number }>();
   const vs = new Map<string, Float32Array[]>();
-  const xs = new Map<string, { rows: number[][]; inner: number }>();
+  const xs = new Map<string, GeluRows>();
   const softmaxValues = new Set(softmax.map((a) => a.value));
   const geluValues = new Set(gelu.map((a) => a.value));
   const perBatch = (budget: number) => Math.max(1, Math.ceil(budget / images.length));
@@ -250,13 +253,15 @@ async function captureProblems(
         pRows.set(value, entry);
       }
       if (geluValues.has(value)) {
-        const entry = xs.get(value) ?? { rows: [], inner: last };
+        const entry = xs.get(value) ?? { rows: [], top: [], total: 0, inner: last, max: 0 };
         const total = data.length / last;
         const take = Math.min(total, perBatch(s.geluRows));
         for (let i = 0; i < take; i++) {
           const r = Math.floor((i * total) / take);
           entry.rows.push(Array.from(data.subarray(r * last, (r + 1) * last)));
         }
+        keepLargestRows(entry, data, last, s.outlierRows);
+        entry.total += total;
         xs.set(value, entry);
       }
       if ([...valueOf.values()].includes(value)) {
@@ -297,11 +302,16 @@ async function captureProblems(
     const axis = outputChannelAxis(fc2);
     const inOut = (w: Float32Array) => (axis === 1 ? w : transpose(w, float.dims));
     const x = xs.get(setting.value)!;
-    const xData = Float32Array.from(x.rows.flat());
-    const rows = x.rows.length;
+    const all = [...x.rows, ...x.top.map((t) => t.row)];
+    const xData = Float32Array.from(all.flat());
+    const rows = all.length;
     const outer = fc2.outFeatures;
     const reference = matmulRows(xData, rows, x.inner, inOut(float.values), outer);
-    const problem = { x: xData, rows, inner: x.inner, weight: inOut(quantized), outer, reference };
+    const stand = (x.total - x.top.length) / Math.max(1, x.rows.length);
+    const rowWeights = Float64Array.from(all, (_, i) => (i < x.rows.length ? stand : 1));
+    const weight = inOut(quantized);
+    const max = x.max + 0.16997;
+    const problem = { x: xData, rows, inner: x.inner, weight, outer, reference, rowWeights, max };
     problems.output.set(setting.value, problem);
     const repq = applyAffine(xData, setting);
     problems.repqGelu.set(setting.value, outputErrorOf(repq, problem));
@@ -310,10 +320,32 @@ async function captureProblems(
 }
 
 function outputErrorOf(xq: Float32Array, p: OutputProblem): number {
-  const y = matmulRows(xq, p.rows, p.inner, p.weight, p.outer);
-  let error = 0;
-  for (let i = 0; i < y.length; i++) error += (y[i]! - p.reference[i]!) ** 2;
-  return error;
+  return outputSquaredError(xq, p);
+}
+
+/** Sampled rows of fc2's input: strided rows, the rows of largest max|x|, and counts. */
+interface GeluRows {
+  rows: number[][];
+  top: { peak: number; row: number[] }[];
+  total: number;
+  inner: number;
+  /** max x over the whole tensor. */
+  max: number;
+}
+
+/** Keeps the `count` rows of largest max|x| seen so far, and the running max of x. */
+function keepLargestRows(entry: GeluRows, data: Float32Array, last: number, count: number) {
+  for (let r = 0; r < data.length / last; r++) {
+    let peak = 0;
+    for (let k = r * last; k < (r + 1) * last; k++) {
+      peak = Math.max(peak, Math.abs(data[k]!));
+      entry.max = Math.max(entry.max, data[k]!);
+    }
+    if (entry.top.length >= count && peak <= entry.top.at(-1)!.peak) continue;
+    entry.top.push({ peak, row: Array.from(data.subarray(r * last, (r + 1) * last)) });
+    entry.top.sort((a, b) => b.peak - a.peak);
+    if (entry.top.length > count) entry.top.pop();
+  }
 }
 
 /** The value operand on its RepQ-ViT grid, as the float chain computes it (or as is). */

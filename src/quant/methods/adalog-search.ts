@@ -12,7 +12,9 @@
  *   from the 0.9 quantile to the max of the positive x + η; the best `keep` pairs are refined
  *   `steps` times, each pair giving `perStep` new scales spread over ±½ of the current spacing,
  *   which then shrinks by 1/(perStep − ½). The score is Σ(X̂·Ŵ − X·W)² over sampled rows of
- *   fc2's input, Ŵ its quantized weight.
+ *   fc2's input, Ŵ its quantized weight, each row weighted by the rows it stands for: the
+ *   sample holds the rows of largest max|x| (outlier tokens, which a strided sample misses and
+ *   which dominate the error of a clipping grid) once each, and strided rows for the rest.
  */
 import {
   adaLogFakeQuantize,
@@ -37,6 +39,10 @@ export interface OutputProblem {
   outer: number;
   /** The float reference output, [rows × outer]. */
   reference: Float64Array;
+  /** How many rows of the whole tensor each sampled row stands for (1 when absent). */
+  rowWeights?: Float64Array;
+  /** max(x + η) over the whole tensor, when the sample may have missed it. */
+  max?: number;
 }
 
 /** Σ(X̂·W − reference)² for candidate rows X̂ [rows × inner], in float64. */
@@ -51,10 +57,12 @@ export function outputSquaredError(xq: Float32Array, p: OutputProblem): number {
       const off = k * p.outer;
       for (let m = 0; m < p.outer; m++) acc[m]! += a * p.weight[off + m]!;
     }
+    let row = 0;
     for (let m = 0; m < p.outer; m++) {
       const d = acc[m]! - p.reference[r * p.outer + m]!;
-      error += d * d;
+      row += d * d;
     }
+    error += row * (p.rowWeights?.[r] ?? 1);
   }
   return error;
 }
@@ -170,7 +178,7 @@ export function searchGeluQuantizer(
       error: outputSquaredError(adaLogFakeQuantize(problem.x, quantizer), problem),
     };
   };
-  const { low, high } = scaleRange(problem.x);
+  const { low, high } = scaleRange(problem.x, problem.max);
   const tensorError = (b: number) =>
     adaLogSquaredError(problem.x, {
       bits,
@@ -214,11 +222,11 @@ function best(candidates: Scored[], keep: number): Scored[] {
 }
 
 /** The 0.9 quantile and the max of the positive x + η (η the GELU shift). */
-function scaleRange(x: Float32Array): { low: number; high: number } {
+function scaleRange(x: Float32Array, max?: number): { low: number; high: number } {
   const positive = Float32Array.from(x, (v) => v + geluShift)
     .filter((v) => v > 0)
     .sort();
-  if (positive.length === 0) return { low: 1, high: 1 };
-  const high = positive[positive.length - 1]!;
+  if (positive.length === 0) return { low: 1, high: max ?? 1 };
+  const high = Math.max(positive[positive.length - 1]!, max ?? 0);
   return { low: positive[Math.floor(0.9 * (positive.length - 1))]!, high };
 }
