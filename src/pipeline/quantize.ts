@@ -401,7 +401,7 @@ async function method(request: QuantizeRequest, reporting: Reporting): Promise<P
           repq: r,
           ...extra,
           keptFloat: r.keptFloat,
-          notes: [simulatedNote, ...methodNotes('repq'), ...methodNotes(options.method)],
+          notes: [simulatedNote, ...methodNotes(options.method)],
         },
       };
     }
@@ -462,8 +462,9 @@ function methodNotes(
     notes.push(
       'AdaLog (arXiv:2407.12951), calibration form: adaptive-base log quantizers on the ' +
         'softmax outputs (base searched on the attention output) and the GELU outputs (base ' +
-        'and scale by the fast progressive combining search on fc2’s output); the uniform ' +
-        'quantizers are RepQ-ViT’s percentile-MSE grids, not FPCS-searched, and per tensor ' +
+        'and scale by the fast progressive combining search on fc2’s output); the LayerNorm ' +
+        'reparameterisation and the uniform quantizers are RepQ-ViT’s (percentile-MSE grids, ' +
+        'not FPCS-searched), per tensor ' +
         'rather than per head. The paper’s reconstruction ("retrain") needs gradients and is ' +
         'not done.',
     );
@@ -471,8 +472,9 @@ function methodNotes(
   if (name === 'isvit') {
     notes.push(
       'I&S-ViT (arXiv:2311.10126), gradient-free form: its shift-uniform-log2 quantizer on the ' +
-        'softmax outputs, shift chosen by tensor MSE; its block reconstruction (weights trained ' +
-        'through a straight-through estimator) needs gradients and is not done.',
+        'softmax outputs, shift chosen by tensor MSE, every other quantizer and the LayerNorm ' +
+        'reparameterisation RepQ-ViT’s; its block reconstruction (weights trained through a ' +
+        'straight-through estimator) needs gradients and is not done.',
     );
   }
   if (name === 'fqvit') {
