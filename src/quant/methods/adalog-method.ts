@@ -34,6 +34,7 @@ import {
 import { logFakeQuantize } from '../log-quantizers.js';
 import { roundHalfEven } from '../uniform.js';
 import {
+  attentionReference,
   attentionSquaredError,
   matmulRows,
   outputSquaredError,
@@ -365,24 +366,6 @@ function repqSoftmax(p: Float32Array, setting: ActivationSetting): Float32Array 
   const q = setting.quantizer;
   if (q.kind !== 'log') return p;
   return logFakeQuantize(p, q.quantizer);
-}
-
-function attentionReference(
-  p: Float32Array,
-  group: Int32Array,
-  v: Float32Array,
-  n: number,
-  d: number,
-): Float64Array {
-  const out = new Float64Array(group.length * d);
-  for (let i = 0; i < group.length; i++) {
-    const base = group[i]! * n * d;
-    for (let j = 0; j < n; j++) {
-      const w = p[i * n + j]!;
-      for (let m = 0; m < d; m++) out[i * d + m]! += w * v[base + j * d + m]!;
-    }
-  }
-  return out;
 }
 
 function concat(parts: readonly Float32Array[]): Float32Array {

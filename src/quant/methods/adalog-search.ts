@@ -121,6 +121,25 @@ export function attentionSquaredError(pq: Float32Array, a: AttentionProblem): nu
   return error;
 }
 
+/** P·V in float64 for sampled rows (the reference of an attention problem). */
+export function attentionReference(
+  p: Float32Array,
+  group: Int32Array,
+  v: Float32Array,
+  n: number,
+  d: number,
+): Float64Array {
+  const out = new Float64Array(group.length * d);
+  for (let i = 0; i < group.length; i++) {
+    const base = group[i]! * n * d;
+    for (let j = 0; j < n; j++) {
+      const w = p[i * n + j]!;
+      for (let m = 0; m < d; m++) out[i * d + m]! += w * v[base + j * d + m]!;
+    }
+  }
+  return out;
+}
+
 /** The post-Softmax quantizer: s = 1, the q_b of least attention-output error. */
 export function searchSoftmaxBase(
   a: AttentionProblem,
