@@ -19,7 +19,10 @@ import type { Dataset } from '../src/data/index.js';
 import { evaluateAccuracy } from '../src/eval/accuracy.js';
 import { loadModel } from '../src/onnx/model-io.js';
 import { calibrate } from '../src/quant/calibrate.js';
+import { quantizeAdaLog } from '../src/quant/methods/adalog-method.js';
+import { quantizeFloatFormat } from '../src/quant/methods/float-format.js';
 import { quantizeFqVit } from '../src/quant/methods/fqvit.js';
+import { quantizeIsVit } from '../src/quant/methods/isvit.js';
 import { quantizePtq4Vit } from '../src/quant/methods/ptq4vit.js';
 import { quantizeRepQ } from '../src/quant/methods/repq.js';
 import { simulateQuantization } from '../src/quant/simulate.js';
@@ -38,7 +41,10 @@ type Method =
   | 'ptq4vit'
   | 'ptq4vit-noisyquant'
   | 'repq+gptq'
-  | 'repq+erq';
+  | 'repq+erq'
+  | 'fp'
+  | 'adalog'
+  | 'isvit';
 
 interface RowSpec {
   target: 'vit-tiny opset 17' | 'vit-tiny opset 13' | 'mnist vit';
@@ -87,6 +93,21 @@ const publishedTop1: Record<string, string> = {
   'repq+erq w4a4': 'DeiT-T 60.29 / 72.21, ViT-S 68.91 / 81.39 (ERQ, ICML)',
 };
 
+/** Published top-1 (quantized / fp32) of LLM-FP4, AdaLog and I&S-ViT (notes §9, §12, §14). */
+const publishedFloatAndLog: Record<string, string> = {
+  'fp w6a6': 'DeiT-S 79.5 / 79.9, ViT-S 81.1 / 81.4 (FPQ, Hessian metric)',
+  'fp w4a4': 'DeiT-S 75.0 / 79.9, ViT-S 73.2 / 81.4 (FPQ, Hessian metric)',
+  'adalog w6a6': 'DeiT-T 71.38 / 72.21, ViT-S 80.91 / 81.39',
+  'adalog w4a4': 'DeiT-T 63.52 / 72.21, ViT-S 72.75 / 81.39',
+  'adalog w3a3': 'DeiT-T 31.56 / 72.21, ViT-S 13.88 / 81.39',
+  'isvit w6a6': 'DeiT-T 70.85 / 72.21, ViT-S 80.43 / 81.39 (with reconstruction)',
+  'isvit w4a4': 'DeiT-T 65.21 / 72.21, ViT-S 74.87 / 81.39 (with reconstruction)',
+  'isvit w3a3': 'DeiT-T 41.52 / 72.21, ViT-S 45.16 / 81.39 (with reconstruction)',
+};
+
+/** The formats of `fp` rows: E4M3 at 8 bits, E3M2 at 6, E2M1 at 4. */
+const fpFormat = { 8: 'e4m3', 6: 'e3m2', 4: 'e2m1' } as const;
+
 function targetPaths(target: RowSpec['target']) {
   const vit = join(fixtures, 'models', 'vit_tiny_patch16_224');
   const images = join(fixtures, 'images');
@@ -132,6 +153,14 @@ function rowSpecs(quick: boolean): RowSpec[] {
     specs.push({ target: 'vit-tiny opset 13', method, bits: 'w4a4' });
     specs.push({ target: 'mnist vit', method, bits: 'w4a4' });
   }
+  for (const bits of ['w8a8', 'w6a6', 'w4a4']) specs.push({ target: tiny, method: 'fp', bits });
+  for (const method of ['adalog', 'isvit'] as const) {
+    for (const bits of ['w6a6', 'w4a4', 'w3a3']) specs.push({ target: tiny, method, bits });
+  }
+  for (const method of ['fp', 'adalog', 'isvit'] as const) {
+    specs.push({ target: 'vit-tiny opset 13', method, bits: 'w4a4' });
+    specs.push({ target: 'mnist vit', method, bits: 'w4a4' });
+  }
   return specs;
 }
 
@@ -151,6 +180,18 @@ async function quantized(spec: RowSpec, model: ModelProto, calib: Dataset) {
     const weights = ({ repq: 'rtn', 'repq+gptq': 'gptq', 'repq+erq': 'erq' } as const)[spec.method];
     const options = { ...bits, threads, weights };
     const result = await quantizeRepQ(model, structure, calib.batches(32), options);
+    return { model: result.model, seconds: (performance.now() - started) / 1000 };
+  }
+  if (spec.method === 'fp') {
+    const weightFormat = fpFormat[bits.weightBits as keyof typeof fpFormat];
+    const activationFormat = fpFormat[bits.activationBits as keyof typeof fpFormat];
+    const options = { weightFormat, activationFormat, threads };
+    const result = await quantizeFloatFormat(model, structure, calib.batches(32), options);
+    return { model: result.model, seconds: (performance.now() - started) / 1000 };
+  }
+  if (spec.method === 'adalog' || spec.method === 'isvit') {
+    const quantize = spec.method === 'adalog' ? quantizeAdaLog : quantizeIsVit;
+    const result = await quantize(model, structure, calib.batches(32), { ...bits, threads });
     return { model: result.model, seconds: (performance.now() - started) / 1000 };
   }
   if (spec.method === 'fqvit') {
@@ -248,7 +289,11 @@ function markdown(rows: readonly Row[]): string {
         percent(r.fp32Top1),
         percent(r.agreement),
         reference === undefined ? undefined : `${reference.toFixed(1)} %`,
-        onTiny ? (publishedTop1[label(r)] ?? publishedPtq4Vit[label(r)]) : undefined,
+        onTiny
+          ? (publishedTop1[label(r)] ??
+            publishedPtq4Vit[label(r)] ??
+            publishedFloatAndLog[label(r)])
+          : undefined,
         r.calibrationSeconds === null ? undefined : `${r.calibrationSeconds.toFixed(1)} s`,
         `${Math.round(r.peakRssMb)} MB`,
         r.images,

@@ -61,15 +61,79 @@ export type RecipeName = (typeof recipeNames)[number];
 /**
  * Simulated quantization methods: `baseline` rounds every point with the chosen observers'
  * ranges; `repq` is RepQ-ViT (arXiv:2212.08254), `ptq4vit` PTQ4ViT (arXiv:2111.12293),
- * `fqvit` FQ-ViT (arXiv:2111.13824).
+ * `fqvit` FQ-ViT (arXiv:2111.13824), `fp` LLM-FP4's floating-point formats (arXiv:2310.16836),
+ * `adalog` AdaLog (arXiv:2407.12951) and `isvit` I&S-ViT's softmax quantizer (arXiv:2311.10126),
+ * both on RepQ-ViT's calibration.
  */
-export const methodNames = ['baseline', 'repq', 'ptq4vit', 'fqvit'] as const;
+export const methodNames = [
+  'baseline',
+  'repq',
+  'ptq4vit',
+  'fqvit',
+  'fp',
+  'adalog',
+  'isvit',
+] as const;
 /**
  * How RepQ-ViT's weights are rounded: to nearest, GPTQ (arXiv:2210.17323) or ERQ
  * (arXiv:2407.06794).
  */
 export const weightMethodNames = ['rtn', 'gptq', 'erq'] as const;
 export type MethodName = (typeof methodNames)[number];
+
+/** Float formats of `--method fp` and their bit widths (sign, exponent, mantissa). */
+export const fpFormatBits = { e4m3: 8, e5m2: 8, e3m2: 6, e2m1: 4 } as const;
+export type FpFormatName = keyof typeof fpFormatBits;
+/** The format `--method fp` uses at each bit width unless `--fp-format` names one. */
+export const defaultFpFormats: Readonly<Record<number, FpFormatName>> = {
+  8: 'e4m3',
+  6: 'e3m2',
+  4: 'e2m1',
+};
+const fpFormatNames = Object.keys(fpFormatBits) as FpFormatName[];
+
+/** `--fp-format <f>` (weights and activations) or `<weights>,<activations>`. */
+const fpFormatFlag = z
+  .string()
+  .transform((s) =>
+    s
+      .toLowerCase()
+      .split(',')
+      .map((f) => f.trim()),
+  )
+  .refine((fs) => fs.length <= 2 && fs.every((f) => f in fpFormatBits), {
+    message: `expected a format or <weights>,<activations> among ${fpFormatNames.join(', ')}`,
+  })
+  .transform((fs) => ({
+    weights: fs[0] as FpFormatName,
+    activations: (fs[1] ?? fs[0]) as FpFormatName,
+  }));
+
+/**
+ * The weight and activation formats of `--method fp`: `--fp-format` when given, otherwise the
+ * default of each bit width; a message naming the flag when a width has no format or the format
+ * has another width.
+ */
+export function fpFormats(
+  bits: string,
+  flag?: { weights: FpFormatName; activations: FpFormatName },
+): { weights: FpFormatName; activations: FpFormatName } | string {
+  const [w, a] = bits.slice(1).split('a').map(Number) as [number, number];
+  const weights = flag?.weights ?? defaultFpFormats[w];
+  const activations = flag?.activations ?? defaultFpFormats[a];
+  if (!weights || !activations) {
+    return `--method fp has float formats for 4, 6 and 8 bits (e2m1, e3m2, e4m3/e5m2), got ${bits}`;
+  }
+  for (const [format, width, what] of [
+    [weights, w, 'weights'],
+    [activations, a, 'activations'],
+  ] as const) {
+    if (fpFormatBits[format] !== width) {
+      return `${format} is ${fpFormatBits[format]} bits but --bits ${bits} gives the ${what} ${width}`;
+    }
+  }
+  return { weights, activations };
+}
 export type WeightMethodName = (typeof weightMethodNames)[number];
 
 const observerKind = z.enum(['minmax', 'percentile', 'mse', 'omse']);
@@ -121,6 +185,7 @@ export const quantizeOptionsSchema = z
     method: z.enum(methodNames).default('baseline'),
     weights: z.enum(weightMethodNames).default('rtn'),
     noisyQuant: z.boolean().default(false),
+    fpFormat: fpFormatFlag.optional(),
     bits: z
       .string()
       .regex(/^w[2-8]a[2-8]$/i, 'expected WxAy with x and y in 2..8, e.g. w4a4')
@@ -194,6 +259,16 @@ export const quantizeOptionsSchema = z
   .refine((o) => o.method === 'baseline' || o.bits !== undefined || deployable(o.recipe), {
     message: 'a method other than baseline needs --bits WxAy (simulated) or --recipe w8a8',
     path: ['method'],
+  })
+  .refine((o) => o.fpFormat === undefined || o.method === 'fp', {
+    message: 'float formats are chosen for --method fp: add --method fp',
+    path: ['fpFormat'],
+  })
+  .superRefine((o, ctx) => {
+    if (o.method !== 'fp' || o.bits === undefined) return;
+    const formats = fpFormats(o.bits, o.fpFormat);
+    const path = [o.fpFormat ? 'fpFormat' : 'bits'];
+    if (typeof formats === 'string') ctx.addIssue({ code: 'custom', message: formats, path });
   })
   .transform((o) => {
     if (o.recipe === undefined || !(o.recipe in simulatedRecipes)) return o;

@@ -24,6 +24,7 @@ const quantizeKeys = [
   'method',
   'weights',
   'noisyQuant',
+  'fpFormat',
   'bits',
   'observer',
   'weightObserver',
@@ -57,12 +58,18 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     .option(
       '--method <name>',
       'method: baseline (observers, default) | repq (RepQ-ViT; deployable with --recipe ' +
-        'w8a8) | ptq4vit (PTQ4ViT) | fqvit (FQ-ViT) (these two simulated, with --bits)',
+        'w8a8) | ptq4vit (PTQ4ViT) | fqvit (FQ-ViT) | fp (LLM-FP4 float formats) | ' +
+        'adalog (AdaLog) | isvit (I&S-ViT softmax quantizer) (all but repq simulated, with --bits)',
     )
     .option(
       '--weights <how>',
       'weight rounding: rtn (default) | gptq | erq, on RepQ-ViT (--method repq); gptq also ' +
         'with --recipe int4-weights (in MatMulNBits blocks)',
+    )
+    .option(
+      '--fp-format <f>',
+      'float format of --method fp, or <weights>,<activations>: e4m3 | e5m2 | e3m2 | e2m1 ' +
+        '(default by bit width: 8 e4m3, 6 e3m2, 4 e2m1)',
     )
     .option('--noisy-quant', 'PTQ4ViT with NoisyQuant noise before the post-GELU quantizers')
     .option('--observer <kind>', 'activation ranges: minmax | percentile | mse | omse')

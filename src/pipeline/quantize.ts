@@ -8,7 +8,13 @@ import type { PreprocessConfig } from '../data/index.js';
 import { CalibrationError, InputError, InternalError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
-import type { MethodName, QuantizeOptions, RunOptions, WeightMethodName } from '../options.js';
+import {
+  fpFormats,
+  type MethodName,
+  type QuantizeOptions,
+  type RunOptions,
+  type WeightMethodName,
+} from '../options.js';
 import { activationRanges, calibrate, defaultValues } from '../quant/calibrate.js';
 import { exportDynamic } from '../quant/deploy/dynamic.js';
 import { exportInt4 } from '../quant/deploy/int4.js';
@@ -17,6 +23,9 @@ import { deployLayers } from '../quant/deploy/layers.js';
 import { gptqBlocks } from '../quant/deploy/gptq-blocks.js';
 import { methodWeights, repqForDeployment } from '../quant/deploy/method-weights.js';
 import { exportQdq, qdqCalibrationValues, type QdqOptions } from '../quant/deploy/qdq.js';
+import { quantizeAdaLog, type AdaLogReport } from '../quant/methods/adalog-method.js';
+import { quantizeFloatFormat, type FloatFormatReport } from '../quant/methods/float-format.js';
+import { quantizeIsVit, type IsVitReport } from '../quant/methods/isvit.js';
 import { quantizeFqVit, type FqVitReport } from '../quant/methods/fqvit.js';
 import { quantizePtq4Vit } from '../quant/methods/ptq4vit.js';
 import type { Ptq4VitReport } from '../quant/methods/ptq4vit-types.js';
@@ -63,6 +72,9 @@ export interface QuantizeReport {
   repq?: RepQResult['report'];
   ptq4vit?: Ptq4VitReport;
   fqvit?: FqVitReport;
+  fp?: FloatFormatReport;
+  adalog?: AdaLogReport;
+  isvit?: IsVitReport;
   keptFloat: KeptPoint[];
   output: { bytes: number; sha256: string; parameters: number; macs: number };
   evaluation?: EvaluationReport;
@@ -381,6 +393,11 @@ function deployNotes(recipe: string): string[] {
   return notes;
 }
 
+const floatNote =
+  'simulated (fake-quant): weights and activations are rounded to the floating-point grid ' +
+  'of their format but computed in float32; the accuracy is that of the quantized ' +
+  'arithmetic, the model is not faster or smaller';
+
 const simulatedNote =
   'simulated (fake-quant): weights and activations are rounded to the integer grid but ' +
   'computed in float; the accuracy is that of the quantized arithmetic, the model is ' +
@@ -493,6 +510,45 @@ async function method(request: QuantizeRequest, reporting: Reporting): Promise<P
         },
       };
     }
+    case 'fp': {
+      const formats = fpFormats(options.bits!, options.fpFormat);
+      if (typeof formats === 'string') throw new InputError(formats);
+      const { keepFloat, threads, logger, onProgress } = common;
+      const result = await quantizeFloatFormat(source.model, source.structure, held, {
+        weightFormat: formats.weights,
+        activationFormat: formats.activations,
+        ...{ keepFloat, threads, logger, onProgress },
+      });
+      const r = result.report;
+      return {
+        model: result.model,
+        report: {
+          ...base,
+          calibration: summary(r.calibration.seconds, r.activations.length, 'float-scale MSE'),
+          fp: r,
+          keptFloat: r.keptFloat,
+          notes: [floatNote, ...methodNotes(options.method)],
+        },
+      };
+    }
+    case 'adalog':
+    case 'isvit': {
+      const quantize = options.method === 'adalog' ? quantizeAdaLog : quantizeIsVit;
+      const result = await quantize(source.model, source.structure, held, common);
+      const r = result.report;
+      const extra = 'adalog' in r ? { adalog: r.adalog } : { isvit: r.isvit };
+      return {
+        model: result.model,
+        report: {
+          ...base,
+          calibration: summary(r.calibration.seconds, r.activations.length, 'percentile-mse'),
+          repq: r,
+          ...extra,
+          keptFloat: r.keptFloat,
+          notes: [simulatedNote, ...methodNotes(options.method)],
+        },
+      };
+    }
     default:
       throw new InputError(`unknown method ${options.method}`);
   }
@@ -535,6 +591,34 @@ function methodNotes(
     notes.push(
       'NoisyQuant (arXiv:2211.16056): a fixed noise added before the post-GELU quantizers and ' +
         'removed after, its amplitude searched on the layer output.',
+    );
+  }
+  if (name === 'fp') {
+    notes.push(
+      'LLM-FP4 (arXiv:2310.16836): floating-point formats with a scale searched per weight ' +
+        'output channel and per activation tensor (tensor MSE), the inputs of MatMul layers ' +
+        'with a power of two per channel folded into the weight rows (pre-shifted exponent ' +
+        'bias). The paper scores candidates with a Hessian-based loss that needs gradients and ' +
+        'searches the format per layer; neither is done here.',
+    );
+  }
+  if (name === 'adalog') {
+    notes.push(
+      'AdaLog (arXiv:2407.12951), calibration form: adaptive-base log quantizers on the ' +
+        'softmax outputs (base searched on the attention output) and the GELU outputs (base ' +
+        'and scale by the fast progressive combining search on fc2’s output); the LayerNorm ' +
+        'reparameterisation and the uniform quantizers are RepQ-ViT’s (percentile-MSE grids, ' +
+        'not FPCS-searched), per tensor ' +
+        'rather than per head. The paper’s reconstruction ("retrain") needs gradients and is ' +
+        'not done.',
+    );
+  }
+  if (name === 'isvit') {
+    notes.push(
+      'I&S-ViT (arXiv:2311.10126), gradient-free form: its shift-uniform-log2 quantizer on the ' +
+        'softmax outputs, shift chosen by tensor MSE, every other quantizer and the LayerNorm ' +
+        'reparameterisation RepQ-ViT’s; its block reconstruction (weights trained through a ' +
+        'straight-through estimator) needs gradients and is not done.',
     );
   }
   if (name === 'fqvit') {

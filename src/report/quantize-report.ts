@@ -78,6 +78,9 @@ export function quantizeReportMarkdown(report: QuantizeReport, context: ReportCo
       ),
     );
   }
+  if (report.fp) parts.push(floatFormatMarkdown(report.fp));
+  if (report.adalog) parts.push(adaLogMarkdown(report.adalog));
+  if (report.isvit) parts.push(isVitMarkdown(report.isvit));
   if (report.keptFloat.length) {
     parts.push(`Kept in float: ${report.keptFloat.map((k) => k.role).join(', ')}.`);
   }
@@ -142,4 +145,61 @@ function repqMarkdown(r: NonNullable<QuantizeReport['repq']>): string {
     `### Weights\n\n${weights}`,
     `### Activations\n\n${activations}`,
   ].join('\n\n');
+}
+
+function floatFormatMarkdown(r: NonNullable<QuantizeReport['fp']>): string {
+  const activations = markdownTable(
+    ['activation', 'scale (ρ)', 'clip ratio', 'per-channel 2^k: max k, mean k'],
+    r.activations.map((a) => [
+      a.roles.join(', '),
+      a.scale.toPrecision(4),
+      a.clipRatio.toFixed(3),
+      a.shift ? `${a.shift.max}, ${a.shift.mean.toFixed(2)}` : undefined,
+    ]),
+  );
+  const weights = markdownTable(
+    ['weight', 'mean clip ratio'],
+    r.weights.map((w) => [w.role, w.meanClipRatio.toFixed(3)]),
+  );
+  return [
+    `## Float formats (LLM-FP4)\n\nWeights ${r.weightFormat}, activations ` +
+      `${r.activationFormat}, pre-shifted exponent bias ${r.preShift ? 'on' : 'off'}; ` +
+      `${r.calibration.images} images, ${r.calibration.seconds.toFixed(1)} s.`,
+    `### Activations\n\n${activations}`,
+    `### Weights\n\n${weights}`,
+  ].join('\n\n');
+}
+
+function adaLogMarkdown(r: NonNullable<QuantizeReport['adalog']>): string {
+  const table = markdownTable(
+    ['activation', 'base 2^(q_b/37): q_b', 'scale', 'shift', 'output error / RepQ-ViT’s'],
+    [...r.softmax, ...r.gelu].map((p) => [
+      p.role,
+      p.baseNumerator,
+      p.scale.toPrecision(4),
+      p.shift,
+      p.errorRatio.toFixed(3),
+    ]),
+  );
+  return (
+    `## AdaLog\n\n${r.softmax.length} softmax and ${r.gelu.length} GELU outputs on ` +
+    `adaptive-base log grids (${r.hardware ? 'shift-and-table levels' : 'exact levels'}), ` +
+    `${r.candidates} GELU candidates scored, ${r.seconds.toFixed(1)} s.\n\n${table}`
+  );
+}
+
+function isVitMarkdown(r: NonNullable<QuantizeReport['isvit']>): string {
+  const table = markdownTable(
+    ['softmax', 'shift η', 'log2 range', 'MSE'],
+    r.softmax.map((p) => [
+      p.role,
+      p.shift,
+      `${p.logMin.toFixed(2)} … ${p.logMax.toFixed(2)}`,
+      p.mse.toExponential(2),
+    ]),
+  );
+  return (
+    `## I&S-ViT softmax quantizer (SULQ)\n\n${r.softmax.length} softmax outputs, ` +
+    `${r.seconds.toFixed(1)} s.\n\n${table}`
+  );
 }

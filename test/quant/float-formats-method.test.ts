@@ -1,6 +1,7 @@
 /**
- * Float-format PTQ on the MNIST ViT: the scale search against a direct scan, and W8A8 (E4M3)
- * predictions against the float model.
+ * Float-format PTQ: the scale search against a direct scan, W8A8 (E4M3) predictions and W4A4
+ * (E2M1, pre-shifted) accuracy against the float model on the MNIST ViT, and the ViT-Tiny at
+ * opset 17 and 13.
  */
 import type { ModelProto } from 'onnx-buf';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -8,8 +9,15 @@ import { loadModel } from '../../src/onnx/model-io.js';
 import { floatFormats, floatSquaredError } from '../../src/quant/float-formats.js';
 import { quantizeFloatFormat, searchFloatScale } from '../../src/quant/methods/float-format.js';
 import { recognizeViT } from '../../src/vit/index.js';
-import { mnistDir, noiseInput, vitMnist } from '../fixtures.js';
-import { agreement, fixtureImages, holdBatches, predictions, type HeldBatch } from './helpers.js';
+import { imagenetVal, mnistDir, noiseInput, vitMnist, vitTiny } from '../fixtures.js';
+import {
+  agreement,
+  fixtureImages,
+  holdBatches,
+  labelsOf,
+  predictions,
+  type HeldBatch,
+} from './helpers.js';
 
 describe('float-format scale search', () => {
   it('returns the candidate s₀·2^(−j/16) of least squared error', () => {
@@ -54,5 +62,45 @@ describe('float-format PTQ on the MNIST ViT', () => {
       await predictions(model, evaluated),
     );
     expect(same).toBeGreaterThanOrEqual(0.95);
+  });
+});
+
+describe('float-format PTQ at W4A4 (E2M1)', () => {
+  const quick = { weightFormat: 'e2m1', activationFormat: 'e2m1', candidates: 32 } as const;
+
+  it('keeps MNIST top-1 within 3 points of the float model on 200 digits', async () => {
+    const model = await loadModel(vitMnist);
+    const calib = await holdBatches(await fixtureImages(vitMnist, mnistDir, 1000, 16), 16);
+    const digits = await holdBatches(await fixtureImages(vitMnist, mnistDir, 0, 200), 100);
+    const result = await quantizeFloatFormat(model, recognizeViT(model), calib, {
+      ...quick,
+      samplesPerTensor: 8192,
+      threads: 2,
+    });
+    // every MatMul input is pre-shifted, the attention operands are not
+    const shifted = result.report.activations.filter((a) => a.shift);
+    expect(shifted.length).toBeGreaterThan(0);
+    expect(shifted.every((a) => a.roles.every((r) => r.endsWith('.input')))).toBe(true);
+    expect(shifted.every((a) => a.shift!.max <= 3)).toBe(true);
+    const labels = labelsOf(digits);
+    const top1 = (p: Int32Array) => p.reduce((n, c, i) => n + (c === labels[i] ? 1 : 0), 0) / 200;
+    const float = top1(await predictions(model, digits));
+    expect(top1(await predictions(result.model, digits))).toBeGreaterThanOrEqual(float - 0.03);
+  });
+
+  it.each([
+    ['opset 17', vitTiny.opset17],
+    ['opset 13', vitTiny.opset13],
+  ])('quantizes the ViT-Tiny %s graph, which runs', async (_, path) => {
+    const model = await loadModel(path);
+    const images = await holdBatches(await fixtureImages(path, imagenetVal, 0, 2), 2);
+    const result = await quantizeFloatFormat(model, recognizeViT(model), images, {
+      ...quick,
+      samplesPerTensor: 4096,
+      threads: 2,
+    });
+    expect(result.report.weights).toHaveLength(50);
+    const predicted = await predictions(result.model, images);
+    expect(predicted.every((p) => p >= 0 && p < 1000)).toBe(true);
   });
 });

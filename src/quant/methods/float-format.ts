@@ -1,18 +1,23 @@
 /**
- * Floating-point post-training quantization in the manner of LLM-FP4's FPQ baseline
+ * Floating-point post-training quantization in the manner of LLM-FP4's FPQ
  * (arXiv:2310.16836, §3), gradient-free with the MSE metric:
  *
  * - weights: every linear layer's weight on the weight format with one scale per output channel
  *   (the per-channel exponent bias), each searched by the channel's squared error;
  * - activations: the inputs of every linear layer and both operands of both attention matmuls
- *   (the points of quant-points.ts, as the uniform simulation uses) on the activation format with
- *   one scale per tensor, searched by the squared error on captured calibration values.
+ *   (the points of quant-points.ts, as the uniform simulation uses) on the activation format,
+ *   searched by the squared error on captured calibration values. With `preShift` (default) the
+ *   inputs of MatMul/Gemm layers get the paper's pre-shifted exponent bias
+ *   (float-format-shift.ts): one searched tensor scale ρ times a power of two per input channel,
+ *   folded into the layer's weight rows before the weight is quantized; the other points (the
+ *   attention matmul operands, the image) one scale per tensor.
  *
  * A scale s is the real-valued exponent bias b̃ in another guise (x̂ = s·FP(x / s)); the search
  * starts from s₀ = max|x| / max_format (the paper's initial b̃, the max mapped to the format's
  * max) and tries s₀·2^(−j/16), j = 0 … 63 (up to 16× more clipping), where the paper scans b̃
- * linearly on [0.01, 1.2]·b̃_init. The pre-shifted exponent bias (folding per-channel activation
- * biases into weights) is not part of this method.
+ * linearly on [0.01, 1.2]·b̃_init. The paper's ViT numbers score candidates by a Hessian-based
+ * loss (gradients) and search the format per layer; here the error is the tensor's own squared
+ * error and the format is the one asked for.
  */
 import type { ModelProto } from 'onnx-buf';
 import { z } from 'zod';
@@ -22,7 +27,7 @@ import { GraphIndex } from '../../graph/graph.js';
 import { noProgress, silentLogger, type Reporting } from '../../log.js';
 import { capture, holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
-import type { ViTStructure } from '../../vit/types.js';
+import type { LinearLayer, ViTStructure } from '../../vit/types.js';
 import {
   floatFakeQuantCommands,
   floatFakeQuantizeChannels,
@@ -30,14 +35,27 @@ import {
   floatScaleForMax,
   floatSquaredError,
   type FloatFormat,
+  type FloatScaleTensor,
 } from '../float-formats.js';
-import { excludePoints, quantPoints, type ActivationPoint } from '../quant-points.js';
+import {
+  excludePoints,
+  quantPoints,
+  type ActivationPoint,
+  type KeptPoint,
+  type QuantPoints,
+} from '../quant-points.js';
 import {
   NamePrefixes,
   outputChannelAxis,
   readWeight,
   replaceConstant,
 } from '../quantizer-commands.js';
+import {
+  preShiftedWeight,
+  preShiftScales,
+  scaleInputChannels,
+  searchPreShift,
+} from './float-format-shift.js';
 
 const format = z.enum(['e4m3', 'e5m2', 'e3m2', 'e2m1']);
 
@@ -50,6 +68,8 @@ export const floatFormatOptionsSchema = z.strictObject({
   samplesPerTensor: z.number().int().min(1024).default(65536),
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
+  /** LLM-FP4's pre-shifted exponent bias on the inputs of MatMul/Gemm layers. */
+  preShift: z.boolean().default(true),
 });
 
 export type FloatFormatOptions = z.input<typeof floatFormatOptionsSchema> &
@@ -60,11 +80,22 @@ export interface FloatFormatReport {
   method: 'fp';
   weightFormat: string;
   activationFormat: string;
+  preShift: boolean;
   calibration: { images: number; seconds: number };
   /** One per quantized activation value: its roles, scale and the scale's ratio to s₀. */
-  activations: { roles: string[]; value: string; scale: number; clipRatio: number }[];
+  activations: FloatActivationReport[];
   weights: { role: string; meanClipRatio: number }[];
-  kept: string[];
+  keptFloat: KeptPoint[];
+}
+
+export interface FloatActivationReport {
+  roles: string[];
+  value: string;
+  /** The tensor scale (ρ when pre-shifted). */
+  scale: number;
+  clipRatio: number;
+  /** Pre-shifted inputs: the largest k_c and the mean k_c of the per-channel powers of two. */
+  shift?: { max: number; mean: number };
 }
 
 export interface FloatFormatResult {
@@ -122,6 +153,24 @@ function channelScales(
   return { scales, meanRatio: ratios / channels };
 }
 
+/**
+ * Values read only as the input of MatMul/Gemm layers with a 2-D weight (the last axis is the
+ * input channel), where a power of two per channel folds into the weight rows.
+ */
+function preShiftValues(points: QuantPoints): Set<string> {
+  const readers = new Map<string, LinearLayer[]>();
+  for (const w of points.weights) {
+    readers.set(w.layer.input, [...(readers.get(w.layer.input) ?? []), w.layer]);
+  }
+  const out = new Set<string>();
+  for (const [value, layers] of readers) {
+    const shared = points.activations.filter((p) => p.value === value);
+    const linearOnly = shared.every((p) => p.kind === 'linear-input');
+    if (linearOnly && layers.every((l) => l.opType !== 'Conv')) out.add(value);
+  }
+  return out;
+}
+
 /** Activation points grouped by the value they quantize. */
 function groupByValue(points: readonly ActivationPoint[]) {
   const groups = new Map<string, { roles: string[]; nodes: string[] }>();
@@ -134,16 +183,25 @@ function groupByValue(points: readonly ActivationPoint[]) {
   return groups;
 }
 
-/** Up to `limit` values of every captured tensor, an even stride through each batch. */
-async function captureSamples(
+/** Sampled rows of a captured tensor (its last axis) and the max |x| of each of its channels. */
+interface CapturedRows {
+  rows: Float32Array;
+  channelMax: Float32Array;
+}
+
+/**
+ * Up to about `limit` values of every captured tensor, as whole rows of its last axis at an even
+ * stride through each batch, and the exact per-channel max |x| over all of it.
+ */
+async function captureRows(
   model: ModelProto,
   values: string[],
   images: readonly CaptureBatch[],
   limit: number,
   session: SessionOptions,
-): Promise<Map<string, Float32Array>> {
-  const perBatch = Math.ceil(limit / images.length);
+): Promise<Map<string, CapturedRows>> {
   const parts = new Map<string, Float32Array[]>(values.map((v) => [v, []]));
+  const maxima = new Map<string, Float32Array>();
   await capture(
     model,
     values,
@@ -151,24 +209,40 @@ async function captureSamples(
     (tensors) => {
       for (const [value, tensor] of tensors) {
         const data = tensor.data as Float32Array;
-        const stride = Math.max(1, data.length / perBatch);
-        const count = Math.min(perBatch, data.length);
-        parts
-          .get(value)!
-          .push(Float32Array.from({ length: count }, (_, i) => data[Math.floor(i * stride)]!));
+        const channels = Number(tensor.dims.at(-1) ?? 1);
+        const max = maxima.get(value) ?? new Float32Array(channels);
+        for (let i = 0; i < data.length; i++) {
+          const a = Math.abs(data[i]!);
+          if (a > max[i % channels]!) max[i % channels] = a;
+        }
+        maxima.set(value, max);
+        parts.get(value)!.push(sampleRows(data, channels, limit / images.length));
       }
     },
     session,
   );
-  const out = new Map<string, Float32Array>();
+  const out = new Map<string, CapturedRows>();
   for (const [value, list] of parts) {
-    const all = new Float32Array(list.reduce((n, a) => n + a.length, 0));
+    const rows = new Float32Array(list.reduce((n, a) => n + a.length, 0));
     let at = 0;
     for (const a of list) {
-      all.set(a, at);
+      rows.set(a, at);
       at += a.length;
     }
-    out.set(value, all);
+    out.set(value, { rows, channelMax: maxima.get(value)! });
+  }
+  return out;
+}
+
+/** Whole rows of `channels` values, about `budget` values in all, at an even stride. */
+function sampleRows(data: Float32Array, channels: number, budget: number): Float32Array {
+  const total = data.length / channels;
+  const count = Math.min(total, Math.max(1, Math.ceil(budget / channels)));
+  const stride = total / count;
+  const out = new Float32Array(count * channels);
+  for (let r = 0; r < count; r++) {
+    const from = Math.floor(r * stride) * channels;
+    out.set(data.subarray(from, from + channels), r * channels);
   }
   return out;
 }
@@ -218,8 +292,9 @@ export async function quantizeFloatFormat(
 
   const { points, kept } = excludePoints(quantPoints(structure), settings.keepFloat);
   const groups = groupByValue(points.activations);
+  const shifted = settings.preShift ? preShiftValues(points) : new Set<string>();
   const session = { threads, optimization };
-  const samples = await captureSamples(
+  const captured = await captureRows(
     model,
     [...groups.keys()],
     images,
@@ -230,33 +305,49 @@ export async function quantizeFloatFormat(
   const index = new GraphIndex(model);
   const names = new NamePrefixes(index);
   const commands: Command[] = [];
-  const activations: FloatFormatReport['activations'] = [];
+  const activations: FloatActivationReport[] = [];
+  const exponents = new Map<string, Int32Array>();
   for (const [value, group] of groups) {
-    const best = searchFloatScale(samples.get(value)!, activationFormat, settings.candidates);
+    const { rows, channelMax } = captured.get(value)!;
     const prefix = names.prefix(`vitslim/fp/${group.roles[0] ?? value}`);
-    const chain = floatFakeQuantCommands(value, prefix, activationFormat, {
-      values: Float32Array.of(best.scale),
-      dims: [],
-    });
+    let scale: FloatScaleTensor;
+    let report: FloatActivationReport;
+    if (shifted.has(value)) {
+      const best = searchPreShift(rows, channelMax, activationFormat, settings.candidates);
+      exponents.set(value, best.exponents);
+      const ks = [...best.exponents];
+      scale = { values: preShiftScales(best.rho, best.exponents), dims: [ks.length] };
+      const shift = { max: Math.max(...ks), mean: ks.reduce((t, k) => t + k, 0) / ks.length };
+      report = { roles: group.roles, value, scale: best.rho, clipRatio: best.ratio, shift };
+    } else {
+      const best = searchFloatScale(rows, activationFormat, settings.candidates);
+      scale = { values: Float32Array.of(best.scale), dims: [] };
+      report = { roles: group.roles, value, scale: best.scale, clipRatio: best.ratio };
+    }
+    const chain = floatFakeQuantCommands(value, prefix, activationFormat, scale);
     commands.push(
       ...chain.commands,
       ...group.nodes.flatMap((n) => rewire(index, n, value, chain.output)),
     );
-    activations.push({ roles: group.roles, value, scale: best.scale, clipRatio: best.ratio });
+    activations.push(report);
   }
   const weights: FloatFormatReport['weights'] = [];
   onProgress({ status: 'start', stage: 'weight scales', total: points.weights.length });
   for (const point of points.weights) {
     const { values, dims } = readWeight(index, point.role, point.layer);
     const axis = outputChannelAxis(point.layer);
+    const shift = exponents.get(point.layer.input);
+    const folded = shift ? scaleInputChannels(values, dims, 1 - axis, shift, -1) : values;
     const { scales, meanRatio } = channelScales(
-      values,
+      folded,
       dims,
       axis,
       weightFormat,
       settings.candidates,
     );
-    const quantized = floatFakeQuantizeChannels(values, dims, axis, scales, weightFormat);
+    const quantized = shift
+      ? preShiftedWeight(values, dims, axis, shift, scales, weightFormat)
+      : floatFakeQuantizeChannels(values, dims, axis, scales, weightFormat);
     commands.push(
       ...replaceConstant(index, names, point.layer.weight, point.layer.node, dims, quantized),
     );
@@ -279,10 +370,11 @@ export async function quantizeFloatFormat(
       method: 'fp',
       weightFormat: settings.weightFormat,
       activationFormat: settings.activationFormat,
+      preShift: settings.preShift,
       calibration: { images: count, seconds },
       activations,
       weights,
-      kept: kept.map((k) => k.role),
+      keptFloat: kept,
     },
   };
 }
