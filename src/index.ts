@@ -43,3 +43,12 @@ export {
 export { compressModel, type CompressRequest, type CompressReport } from './pipeline/compress.js';
 export { pruneOptionsSchema, parseHeadsFlag, type PruneFlags } from './options.js';
 export { pruneModel, type PruneOptions, type PruneResult } from './prune/prune.js';
+export { quantizePtq4Vit } from './quant/methods/ptq4vit.js';
+export { quantizeFqVit } from './quant/methods/fqvit.js';
+export { quantizeFloatFormat, type FloatFormatOptions } from './quant/methods/float-format.js';
+export { quantizeAdaLog, type AdaLogOptions } from './quant/methods/adalog-method.js';
+export { quantizeIsVit, type IsVitOptions } from './quant/methods/isvit.js';
+export { gptqWeights } from './quant/methods/gptq.js';
+export { erqWeights } from './quant/methods/erq.js';
+export { repqForDeployment } from './quant/deploy/method-weights.js';
+export { gptqBlocks } from './quant/deploy/gptq-blocks.js';
