@@ -17,8 +17,6 @@
 import { makeNode } from '../../graph/attributes.js';
 import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
-import { InputError } from '../../errors.js';
-import { noProgress, silentLogger } from '../../log.js';
 import { readFloat32 } from '../../onnx/tensor.js';
 import type { ChannelMoments } from '../../prune/statistics.js';
 import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
@@ -49,6 +47,7 @@ import { gramsOf, planStages, weightRows, writeWeightCommands } from './gptq-lay
 import { roundRows, usable } from './gptq.js';
 import type { SkippedLayerReport } from './gptq-types.js';
 import type { RepQCalibration } from './repq-types.js';
+import { parseMethodOptions, splitRunOptions } from './method-options.js';
 
 export * from './erq-types.js';
 
@@ -63,13 +62,8 @@ export async function erqWeights(
   images: Batches,
   options: ErqOptions = {},
 ): Promise<RepQCalibration> {
-  const {
-    logger = silentLogger,
-    onProgress = noProgress,
-    threads,
-    optimization,
-    ...rest
-  } = options;
+  const { run, rest } = splitRunOptions(options);
+  const { logger, onProgress, threads, optimization } = run;
   const settings = parseErqSettings(rest);
   const session = { optimization: optimization ?? 'basic', ...(threads ? { threads } : {}) };
   const started = performance.now();
@@ -127,12 +121,7 @@ export async function erqWeights(
 }
 
 export function parseErqSettings(value: unknown): ErqSettings {
-  const result = erqOptionsSchema.safeParse(value);
-  if (result.success) return result.data;
-  const problems = result.error.issues.map(
-    (issue) => `${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`,
-  );
-  throw new InputError(`invalid ERQ options: ${problems.join('; ')}`);
+  return parseMethodOptions(erqOptionsSchema, value, 'ERQ');
 }
 
 /**

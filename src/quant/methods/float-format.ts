@@ -21,10 +21,10 @@
  */
 import type { ModelProto } from 'onnx-buf';
 import { z } from 'zod';
-import { CalibrationError, InputError, UnsupportedModelError } from '../../errors.js';
+import { CalibrationError, UnsupportedModelError } from '../../errors.js';
 import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
-import { noProgress, silentLogger, type Reporting } from '../../log.js';
+import type { Reporting } from '../../log.js';
 import { capture, holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import type { LinearLayer, ViTStructure } from '../../vit/types.js';
@@ -56,6 +56,7 @@ import {
   scaleInputChannels,
   searchPreShift,
 } from './float-format-shift.js';
+import { parseMethodOptions, splitRunOptions } from './method-options.js';
 
 const format = z.enum(['e4m3', 'e5m2', 'e3m2', 'e2m1']);
 
@@ -268,21 +269,9 @@ export async function quantizeFloatFormat(
   batches: Batches,
   options: FloatFormatOptions,
 ): Promise<FloatFormatResult> {
-  const {
-    logger = silentLogger,
-    onProgress = noProgress,
-    threads,
-    optimization,
-    ...rest
-  } = options;
-  const parsed = floatFormatOptionsSchema.safeParse(rest);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map(
-      (i) => `${i.path.join('.') || '(root)'}: ${i.message}`,
-    );
-    throw new InputError(`invalid float-format options: ${problems.join('; ')}`);
-  }
-  const settings = parsed.data;
+  const { run, rest } = splitRunOptions(options);
+  const { logger, onProgress, threads, optimization } = run;
+  const settings = parseMethodOptions(floatFormatOptionsSchema, rest, 'float-format');
   const weightFormat = floatFormats[settings.weightFormat];
   const activationFormat = floatFormats[settings.activationFormat];
   const started = performance.now();

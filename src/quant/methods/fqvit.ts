@@ -21,8 +21,8 @@
  */
 import type { ModelProto } from 'onnx-buf';
 import { z } from 'zod';
-import { CalibrationError, InputError } from '../../errors.js';
-import { noProgress, silentLogger, type Reporting } from '../../log.js';
+import { CalibrationError } from '../../errors.js';
+import type { Reporting } from '../../log.js';
 import { GraphIndex } from '../../graph/graph.js';
 import { capture, holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
@@ -32,6 +32,7 @@ import { excludePoints, quantPoints } from '../quant-points.js';
 import { insertQuantizers, type ActivationSetting } from '../quantizer-commands.js';
 import { simulateQuantization, type SimulationReport } from '../simulate.js';
 import { intRange, roundHalfEven, type UniformParams } from '../uniform.js';
+import { parseMethodOptions, splitRunOptions } from './method-options.js';
 
 const bits = z.number().int().min(2).max(8);
 
@@ -92,21 +93,9 @@ export async function quantizeFqVit(
   batches: Batches,
   options: FqVitOptions,
 ): Promise<FqVitResult> {
-  const {
-    logger = silentLogger,
-    onProgress = noProgress,
-    threads,
-    optimization,
-    ...rest
-  } = options;
-  const parsed = fqvitOptionsSchema.safeParse(rest);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map(
-      (i) => `${i.path.join('.') || '(root)'}: ${i.message}`,
-    );
-    throw new InputError(`invalid FQ-ViT options: ${problems.join('; ')}`);
-  }
-  const settings = parsed.data;
+  const { run, rest } = splitRunOptions(options);
+  const { logger, onProgress, threads, optimization } = run;
+  const settings = parseMethodOptions(fqvitOptionsSchema, rest, 'FQ-ViT');
   const started = performance.now();
   const images = await holdImages(batches);
   const count = images.reduce((n, b) => n + (b.dims[0] ?? 0), 0);

@@ -15,8 +15,6 @@
  */
 import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
-import { InputError } from '../../errors.js';
-import { noProgress, silentLogger } from '../../log.js';
 import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import { insertQuantizers, NamePrefixes, type WeightSetting } from '../quantizer-commands.js';
 import { intRange } from '../uniform.js';
@@ -38,6 +36,7 @@ import {
   type WeightLayerReport,
 } from './gptq-types.js';
 import type { RepQCalibration } from './repq-types.js';
+import { parseMethodOptions, splitRunOptions } from './method-options.js';
 
 export * from './gptq-types.js';
 
@@ -53,13 +52,8 @@ export async function gptqWeights(
   images: Batches,
   options: GptqOptions = {},
 ): Promise<RepQCalibration> {
-  const {
-    logger = silentLogger,
-    onProgress = noProgress,
-    threads,
-    optimization,
-    ...rest
-  } = options;
+  const { run, rest } = splitRunOptions(options);
+  const { logger, onProgress, threads, optimization } = run;
   const settings = parseGptqSettings(rest);
   const session = { optimization: optimization ?? 'basic', ...(threads ? { threads } : {}) };
   const started = performance.now();
@@ -106,12 +100,7 @@ export async function gptqWeights(
 }
 
 export function parseGptqSettings(value: unknown): GptqSettings {
-  const result = gptqOptionsSchema.safeParse(value);
-  if (result.success) return result.data;
-  const problems = result.error.issues.map(
-    (issue) => `${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`,
-  );
-  throw new InputError(`invalid GPTQ options: ${problems.join('; ')}`);
+  return parseMethodOptions(gptqOptionsSchema, value, 'GPTQ');
 }
 
 /** The matrix layers of a stage; the others go to `skipped` with their reason. */

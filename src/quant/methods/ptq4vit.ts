@@ -20,11 +20,9 @@
  * MSE and cosine are the gradient-free forms its base configuration uses.
  */
 import type { ModelProto } from 'onnx-buf';
-import { InputError, UnsupportedModelError } from '../../errors.js';
+import { UnsupportedModelError } from '../../errors.js';
 import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
-import { noProgress, silentLogger } from '../../log.js';
-import { opsetVersion } from '../../onnx/model-io.js';
 import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import type { ViTStructure } from '../../vit/types.js';
@@ -68,6 +66,7 @@ import {
   type Ptq4VitSettings,
   type Ptq4VitWeightReport,
 } from './ptq4vit-types.js';
+import { parseMethodOptions, requireOpset13, splitRunOptions } from './method-options.js';
 
 export * from './ptq4vit-types.js';
 
@@ -99,15 +98,10 @@ export async function quantizePtq4Vit(
   batches: Batches,
   options: Ptq4VitOptions,
 ): Promise<Ptq4VitResult> {
-  const {
-    logger = silentLogger,
-    onProgress = noProgress,
-    threads,
-    optimization,
-    ...rest
-  } = options;
+  const { run, rest } = splitRunOptions(options);
+  const { logger, onProgress, threads, optimization } = run;
   const settings = parseSettings(rest);
-  checkOpset(model);
+  requireOpset13(model, 'PTQ4ViT');
   const started = performance.now();
   const images = await holdImages(batches, 8);
   const index = new GraphIndex(model);
@@ -178,21 +172,7 @@ function imageKept(structure: ViTStructure, kept: readonly KeptPoint[]): KeptPoi
 }
 
 function parseSettings(value: unknown): Ptq4VitSettings {
-  const result = ptq4vitOptionsSchema.safeParse(value);
-  if (result.success) return result.data;
-  const problems = result.error.issues.map(
-    (issue) => `${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`,
-  );
-  throw new InputError(`invalid PTQ4ViT options: ${problems.join('; ')}`);
-}
-
-function checkOpset(model: ModelProto): void {
-  const opset = opsetVersion(model) ?? 0;
-  if (opset < 13) {
-    throw new UnsupportedModelError(
-      `PTQ4ViT's simulated quantization needs opset ≥ 13 (Clip with inputs, Round), the model has opset ${opset}`,
-    );
-  }
+  return parseMethodOptions(ptq4vitOptionsSchema, value, 'PTQ4ViT');
 }
 
 /** An operand whose value already has a grid keeps it; otherwise it is searched. */

@@ -21,11 +21,9 @@
  * with the weight values of `options.weights` (RepQ-ViT's rounding, GPTQ or ERQ) in between.
  */
 import type { ModelProto } from 'onnx-buf';
-import { InputError, InternalError, UnsupportedModelError } from '../../errors.js';
+import { InternalError } from '../../errors.js';
 import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
-import { noProgress, silentLogger } from '../../log.js';
-import { opsetVersion } from '../../onnx/model-io.js';
 import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import { recognizeViT } from '../../vit/index.js';
@@ -64,6 +62,7 @@ import {
   type RepQResult,
   type RepQSettings,
 } from './repq-types.js';
+import { parseMethodOptions, requireOpset13, splitRunOptions } from './method-options.js';
 
 export * from './repq-types.js';
 
@@ -110,15 +109,10 @@ export async function calibrateRepQ(
   batches: Batches,
   options: RepQOptions,
 ): Promise<RepQCalibration> {
-  const {
-    logger = silentLogger,
-    onProgress = noProgress,
-    threads,
-    optimization,
-    ...rest
-  } = options;
+  const { run, rest } = splitRunOptions(options);
+  const { logger, onProgress, threads, optimization } = run;
   const settings = parseSettings(rest);
-  checkOpset(model);
+  requireOpset13(model, 'RepQ-ViT');
   const started = performance.now();
   const images = await holdImages(batches);
   const index = new GraphIndex(model);
@@ -184,21 +178,7 @@ export function insertRepQQuantizers(calibration: RepQCalibration): RepQResult {
 }
 
 function parseSettings(value: unknown): RepQSettings {
-  const result = repqOptionsSchema.safeParse(value);
-  if (result.success) return result.data;
-  const problems = result.error.issues.map(
-    (issue) => `${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`,
-  );
-  throw new InputError(`invalid RepQ-ViT options: ${problems.join('; ')}`);
-}
-
-function checkOpset(model: ModelProto): void {
-  const opset = opsetVersion(model) ?? 0;
-  if (opset < 13) {
-    throw new UnsupportedModelError(
-      `RepQ-ViT's simulated quantization needs opset ≥ 13 (Clip with inputs, Round), the model has opset ${opset}`,
-    );
-  }
+  return parseMethodOptions(repqOptionsSchema, value, 'RepQ-ViT');
 }
 
 /**
