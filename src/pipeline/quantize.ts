@@ -440,9 +440,7 @@ async function simulated(request: QuantizeRequest, reporting: Reporting): Promis
 /** The methods of the literature: each calibrates on the held sample and reports itself. */
 async function method(request: QuantizeRequest, reporting: Reporting): Promise<Product> {
   const { source, options, run } = request;
-  const { sample, batches, unreadable, path } = await requireCalibration(request, reporting);
-  const held = await holdImages(batches()).catch(unreadable);
-  if (held.length === 0) unreadable(new CalibrationError('no calibration image was read'));
+  const { images: held, summary } = await heldCalibration(request, reporting);
   const common = {
     ...bitWidths(options.bits!),
     keepFloat: options.keepFloat,
@@ -450,14 +448,6 @@ async function method(request: QuantizeRequest, reporting: Reporting): Promise<P
     logger: reporting.logger,
     onProgress: reporting.onProgress,
   };
-  const summary = (seconds: number, tensors: number, observer: string): CalibrationSummary => ({
-    path,
-    images: sample.size,
-    seed: options.seed,
-    observer,
-    seconds,
-    tensors,
-  });
   const base = { kind: 'simulated' as const, recipe: options.bits!, method: options.method };
   switch (options.method) {
     case 'repq': {
