@@ -9,9 +9,13 @@
  *   npx tsx scripts/bench-ptq.ts              # every row (npm run bench:ptq once wired)
  *   npx tsx scripts/bench-ptq.ts --quick      # ViT-Tiny opset 17, W6A6 and W4A4, 100 images
  *   npx tsx scripts/bench-ptq.ts --only repq+erq,repq+gptq   # the rows of these methods only
+ *   npx tsx scripts/bench-ptq.ts --bits w3a3,w4a8 --target opset 17   # these widths, this graph
+ *
+ * Rows measured by an earlier run are kept in the table until a run measures them again, so the
+ * grid can be filled over several shorter runs; `--fresh` starts an empty table.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ModelProto } from 'onnx-buf';
 import { openDataset, packageRoot, resolvePreprocess, sampleDataset } from '../src/data/index.js';
@@ -62,6 +66,8 @@ interface Row extends RowSpec {
   calibrationSeconds: number | null;
   wallSeconds: number;
   peakRssMb: number;
+  /** When the row was measured (rows of earlier runs are kept until measured again). */
+  date?: string;
 }
 
 /** Top-1 of the methods' own code on this ViT-Tiny (reference-results.md). */
@@ -105,8 +111,11 @@ const publishedFloatAndLog: Record<string, string> = {
   'isvit w3a3': 'DeiT-T 41.52 / 72.21, ViT-S 45.16 / 81.39 (with reconstruction)',
 };
 
-/** The formats of `fp` rows: E4M3 at 8 bits, E3M2 at 6, E2M1 at 4. */
+/** The formats of `fp` rows: E4M3 at 8 bits, E3M2 at 6, E2M1 at 4 (no 3-bit format, no W3A3). */
 const fpFormat = { 8: 'e4m3', 6: 'e3m2', 4: 'e2m1' } as const;
+
+/** The bit widths of the grid. */
+const allBits = ['w8a8', 'w6a6', 'w4a4', 'w3a3', 'w4a8'] as const;
 
 function targetPaths(target: RowSpec['target']) {
   const vit = join(fixtures, 'models', 'vit_tiny_patch16_224');
@@ -136,28 +145,27 @@ function rowSpecs(quick: boolean): RowSpec[] {
   }
   const tiny = 'vit-tiny opset 17' as const;
   const specs: RowSpec[] = [{ target: tiny, method: 'fp32' }];
-  for (const bits of ['w8a8', 'w6a6', 'w4a4']) specs.push({ target: tiny, method: 'minmax', bits });
-  for (const bits of ['w8a8', 'w6a6', 'w4a4']) specs.push({ target: tiny, method: 'fqvit', bits });
-  for (const bits of ['w8a8', 'w6a6', 'w4a4', 'w3a3'])
-    specs.push({ target: tiny, method: 'repq', bits });
-  specs.push({ target: 'vit-tiny opset 13', method: 'repq', bits: 'w4a4' });
-  specs.push({ target: 'mnist vit', method: 'minmax', bits: 'w4a4' });
-  specs.push({ target: 'mnist vit', method: 'repq', bits: 'w4a4' });
-  for (const bits of ['w8a8', 'w6a6', 'w4a4', 'w3a3'])
-    specs.push({ target: tiny, method: 'ptq4vit', bits });
+  const methods: Method[] = [
+    'minmax',
+    'fqvit',
+    'ptq4vit',
+    'repq',
+    'repq+gptq',
+    'repq+erq',
+    'fp',
+    'adalog',
+    'isvit',
+  ];
+  // every method at every width of the issue's grid on the ViT-Tiny opset 17
+  for (const method of methods) {
+    for (const bits of allBits) {
+      if (method !== 'fp' || bits !== 'w3a3') specs.push({ target: tiny, method, bits });
+    }
+  }
   specs.push({ target: tiny, method: 'ptq4vit-noisyquant', bits: 'w4a4' });
-  specs.push({ target: 'vit-tiny opset 13', method: 'ptq4vit', bits: 'w4a4' });
-  specs.push({ target: 'mnist vit', method: 'ptq4vit', bits: 'w4a4' });
-  for (const method of ['repq+gptq', 'repq+erq'] as const) {
-    for (const bits of ['w6a6', 'w4a4']) specs.push({ target: tiny, method, bits });
-    specs.push({ target: 'vit-tiny opset 13', method, bits: 'w4a4' });
-    specs.push({ target: 'mnist vit', method, bits: 'w4a4' });
-  }
-  for (const bits of ['w8a8', 'w6a6', 'w4a4']) specs.push({ target: tiny, method: 'fp', bits });
-  for (const method of ['adalog', 'isvit'] as const) {
-    for (const bits of ['w6a6', 'w4a4', 'w3a3']) specs.push({ target: tiny, method, bits });
-  }
-  for (const method of ['fp', 'adalog', 'isvit'] as const) {
+  // the other graphs at W4A4
+  for (const method of methods) {
+    if (method === 'fqvit') continue;
     specs.push({ target: 'vit-tiny opset 13', method, bits: 'w4a4' });
     specs.push({ target: 'mnist vit', method, bits: 'w4a4' });
   }
@@ -302,6 +310,29 @@ function markdown(rows: readonly Row[]): string {
   );
 }
 
+/** The value of `--flag a,b,c` as a list, or undefined without the flag. */
+function listFlag(flag: string): string[] | undefined {
+  const at = process.argv.indexOf(flag);
+  return at >= 0 ? process.argv[at + 1]!.split(',') : undefined;
+}
+
+function rowKey(spec: RowSpec): string {
+  return `${spec.target} | ${label(spec)} | ${spec.limit ?? 'all'}`;
+}
+
+/** Rows of an earlier run of the same grid (quick or full), to be completed by this one. */
+async function earlierRows(file: string, quick: boolean): Promise<Row[]> {
+  try {
+    const saved = JSON.parse(await readFile(file, 'utf8')) as {
+      meta?: { quick?: boolean };
+      rows?: Row[];
+    };
+    return saved.meta?.quick === quick && Array.isArray(saved.rows) ? saved.rows : [];
+  } catch {
+    return [];
+  }
+}
+
 async function main(): Promise<void> {
   const at = process.argv.indexOf('--row');
   if (at >= 0) {
@@ -312,20 +343,34 @@ async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   const dir = join(root, 'bench-results');
   await mkdir(dir, { recursive: true });
+  const file = join(dir, 'bench-ptq.json');
   const meta = { date: new Date().toISOString(), node: process.version, threads, quick };
-  const rows: Row[] = [];
-  const only = process.argv.indexOf('--only');
-  const methods = only >= 0 ? process.argv[only + 1]!.split(',') : undefined;
-  for (const spec of rowSpecs(quick).filter((s) => !methods || methods.includes(s.method))) {
+  const methods = listFlag('--only');
+  const widths = listFlag('--bits');
+  const targets = listFlag('--target');
+  const grid = rowSpecs(quick);
+  const chosen = grid.filter(
+    (s) =>
+      (!methods || methods.includes(s.method)) &&
+      (!widths || !s.bits || widths.includes(s.bits)) &&
+      (!targets || targets.some((t) => s.target.includes(t))),
+  );
+  // rows measured by an earlier run stay until this run measures them again (--fresh drops them)
+  const measured = new Map<string, Row>();
+  if (!process.argv.includes('--fresh')) {
+    for (const row of await earlierRows(file, quick)) measured.set(rowKey(row), row);
+  }
+  const table = () => grid.flatMap((s) => measured.get(rowKey(s)) ?? []);
+  for (const spec of chosen) {
     process.stderr.write(`bench:ptq: ${spec.target} ${label(spec)}\n`);
     const row = await childRow(spec);
     if (!row) continue;
-    rows.push(row);
+    measured.set(rowKey(spec), { ...row, date: new Date().toISOString() });
     // written after every row: a long run stopped half-way keeps what it measured
-    await writeFile(join(dir, 'bench-ptq.json'), `${JSON.stringify({ meta, rows }, null, 2)}\n`);
-    await writeFile(join(dir, 'bench-ptq.md'), `${markdown(rows)}\n`);
+    await writeFile(file, `${JSON.stringify({ meta, rows: table() }, null, 2)}\n`);
+    await writeFile(join(dir, 'bench-ptq.md'), `${markdown(table())}\n`);
   }
-  process.stdout.write(`${markdown(rows)}\n`);
+  process.stdout.write(`${markdown(table())}\n`);
 }
 
 await main();
