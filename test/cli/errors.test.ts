@@ -143,9 +143,10 @@ describe('the CLI on bad input', () => {
       '--recipe',
       'w8a8',
       '--method',
-      'repq',
+      'ptq4vit',
       ...out,
     ]);
+    // PTQ4ViT's twin grids have no integer kernel: only simulated, with --bits
     expect(errorLines(method.stderr)[0]).toMatch(/--method.*--bits/);
     const count = await vitslim([
       'quantize',
