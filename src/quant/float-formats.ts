@@ -133,9 +133,30 @@ export function floatScaleForMax(absMax: number, format: FloatFormat): number {
 /** Σ(x − x̂)² of a per-tensor float fake quantizer, in float64. */
 export function floatSquaredError(x: Float32Array, format: FloatFormat, scale: number): number {
   const s = checkScale(scale, 'float format scale');
+  // floatQuantizeValue unrolled for float32 inputs: the binade is read from the exponent bits
+  // (exact, no logarithm) and the steps come from a table; the scale searches call this for
+  // every candidate over every weight, so it is their inner loop
+  const { emin, emax } = exponentRange(format);
+  const steps = Array.from(
+    { length: emax - emin + 1 },
+    (_, k) => 2 ** (emin + k - format.mantissaBits),
+  );
+  const bits = new Float32Array(1);
+  const word = new Uint32Array(bits.buffer);
   let error = 0;
   for (let i = 0; i < x.length; i++) {
-    const d = x[i]! - Math.fround(floatQuantizeValue(Math.fround(x[i]! / s), format) * s);
+    const v = x[i]!;
+    const y = Math.fround(v / s);
+    const a = Math.min(Math.abs(y), format.max);
+    let q = 0;
+    if (a > 0) {
+      bits[0] = a;
+      // a float32 subnormal reads −127, below every format's emin, and is clamped like the rest
+      const e = Math.min(Math.max(((word[0]! >>> 23) & 0xff) - 127, emin), emax);
+      const step = steps[e - emin]!;
+      q = Math.min(roundHalfEven(a / step) * step, format.max);
+    }
+    const d = v - Math.fround((y < 0 ? -q : q) * s);
     error += d * d;
   }
   return error;

@@ -142,13 +142,19 @@ describe('floating-point formats (pure function)', () => {
     expect(Array.from(w)).toEqual([0.25, 1.5, 3, 4]);
   });
 
-  it('measures the squared error of what it quantizes to', () => {
-    const x = spanningValues(500, e4m3, 3).filter((v) => Number.isFinite(v) && Math.abs(v) < 1e4);
-    const xq = floatFakeQuantize(x, e4m3, 0.7);
-    let expected = 0;
-    x.forEach((v, i) => (expected += (v - xq[i]!) ** 2));
-    expect(floatSquaredError(x, e4m3, 0.7)).toBeCloseTo(expected, 6);
-    expect(() => floatFakeQuantize(x, e4m3, 0)).toThrow(RangeError);
+  it('measures the squared error of what it quantizes to, in every format', () => {
+    for (const format of Object.values(floatFormats)) {
+      const spanning = spanningValues(500, format, 3).filter(
+        (v) => Number.isFinite(v) && Math.abs(v) < 1e4,
+      );
+      // zeros, float32 subnormals, values past the format's max, both signs
+      const x = Float32Array.from([...spanning, 0, -0, 1e-40, -1e-40, 3e4, -3e4, 1e-30]);
+      const xq = floatFakeQuantize(x, format, 0.7);
+      let expected = 0;
+      x.forEach((v, i) => (expected += (v - xq[i]!) ** 2));
+      expect(floatSquaredError(x, format, 0.7) / expected).toBeCloseTo(1, 12);
+    }
+    expect(() => floatFakeQuantize(Float32Array.of(1), e4m3, 0)).toThrow(RangeError);
   });
 });
 
