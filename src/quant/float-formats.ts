@@ -132,10 +132,20 @@ export function floatScaleForMax(absMax: number, format: FloatFormat): number {
 
 /** Σ(x − x̂)² of a per-tensor float fake quantizer, in float64. */
 export function floatSquaredError(x: Float32Array, format: FloatFormat, scale: number): number {
-  const s = checkScale(scale, 'float format scale');
-  // floatQuantizeValue unrolled for float32 inputs: the binade is read from the exponent bits
-  // (exact, no logarithm) and the steps come from a table; the scale searches call this for
-  // every candidate over every weight, so it is their inner loop
+  return channelFloatSquaredError(x, format, [checkScale(scale, 'float format scale')]);
+}
+
+/**
+ * Σ(x − x̂)² in float64 with the scale of x[i] at scales[i mod scales.length] (one scale, or one
+ * per channel of rows whose last axis is the channel). It is floatQuantizeValue unrolled for
+ * float32 inputs: the binade is read from the exponent bits (exact, no logarithm) and the steps
+ * come from a table, since every scale search calls this for each candidate over every value.
+ */
+export function channelFloatSquaredError(
+  x: Float32Array,
+  format: FloatFormat,
+  scales: ArrayLike<number>,
+): number {
   const { emin, emax } = exponentRange(format);
   const steps = Array.from(
     { length: emax - emin + 1 },
@@ -143,9 +153,11 @@ export function floatSquaredError(x: Float32Array, format: FloatFormat, scale: n
   );
   const bits = new Float32Array(1);
   const word = new Uint32Array(bits.buffer);
+  const channels = scales.length;
   let error = 0;
   for (let i = 0; i < x.length; i++) {
     const v = x[i]!;
+    const s = scales[i % channels]!;
     const y = Math.fround(v / s);
     const a = Math.min(Math.abs(y), format.max);
     let q = 0;

@@ -8,6 +8,7 @@ import {
   floatQuantizeValue,
   floatScaleForMax,
   floatSquaredError,
+  channelFloatSquaredError,
   type FloatFormat,
   type FloatScaleTensor,
 } from '../../src/quant/float-formats.js';
@@ -155,6 +156,15 @@ describe('floating-point formats (pure function)', () => {
       expect(floatSquaredError(x, format, 0.7) / expected).toBeCloseTo(1, 12);
     }
     expect(() => floatFakeQuantize(Float32Array.of(1), e4m3, 0)).toThrow(RangeError);
+  });
+
+  it('measures the squared error with one scale per channel of the last axis', () => {
+    const x = Float32Array.from(noiseInput(600, 5), (u) => u ** 3 * 40);
+    const scales = Float32Array.of(0.05, 0.7, 3);
+    const xq = floatFakeQuantizeChannels(x, [200, 3], 1, scales, e2m1);
+    let expected = 0;
+    x.forEach((v, i) => (expected += (v - xq[i]!) ** 2));
+    expect(channelFloatSquaredError(x, e2m1, scales) / expected).toBeCloseTo(1, 12);
   });
 });
 

@@ -18,7 +18,7 @@
  */
 import {
   floatFakeQuantizeChannels,
-  floatQuantizeValue,
+  channelFloatSquaredError,
   floatScaleForMax,
   type FloatFormat,
 } from '../float-formats.js';
@@ -51,14 +51,7 @@ export function channelSquaredError(
   scales: Float32Array,
   format: FloatFormat,
 ): number {
-  const channels = scales.length;
-  let error = 0;
-  for (let i = 0; i < rows.length; i++) {
-    const s = scales[i % channels]!;
-    const d = rows[i]! - Math.fround(floatQuantizeValue(Math.fround(rows[i]! / s), format) * s);
-    error += d * d;
-  }
-  return error;
+  return channelFloatSquaredError(rows, format, scales);
 }
 
 /** The chosen tensor scale, its ratio to the unclipped one and the per-channel exponents. */
