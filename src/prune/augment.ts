@@ -11,6 +11,10 @@
  * - `shift`: the image moved by `pixels` along both axes (down and right, then up and left),
  *   the uncovered border filled by repeating the edge pixels. Moving by a fraction of the patch
  *   size changes every patch token, as a slightly different crop would.
+ *
+ * Measured on the ViT-Tiny (MLP −30 %, 256 images, val-500): flip and 8-pixel shifts lowered the
+ * held-out KL but gave 78.6 % against 78.8 % without views (README, Pruning), so they are an
+ * option, not a default.
  */
 import type { CaptureBatch } from '../runtime/capture.js';
 
