@@ -12,6 +12,13 @@
  *
  * --threads sets onnxruntime's intra-op threads (default 2); --no-plain skips the uncompensated
  * row; --fp32 gives the fp32 top-1 when it is known, to skip its evaluation.
+ *
+ * --holdout N tunes without the evaluation images: the pruning is fitted on the first
+ * (calib − N) calibration images and measured on the last N against fp32 (top-1 agreement and
+ * mean KL; the calibration folder has no labels file), so that settings are chosen before
+ * the val images are ever run:
+ *
+ *   npx tsx scripts/measure-prune.ts --holdout 64 --only mlp --no-plain --options '{...}'
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -76,18 +83,25 @@ async function main(): Promise<void> {
       /** fp32 top-1 on these images when already known (skips its evaluation). */
       fp32: { type: 'string' },
       threads: { type: 'string', default: '2' },
+      holdout: { type: 'string' },
     },
   });
+  const holdout = Number(values.holdout ?? 0);
   const extra = JSON.parse(values.options) as PruneOptions;
   threads = Number(values.threads);
   const wanted = values.only?.split(',');
   const model = await loadModel(modelPath);
   const structure = recognizeViT(model);
+  const all = await hold(join(fixtures, 'images/imagenet-calib-256'), Number(values.calib));
+  if (holdout > 0) {
+    await measureHeldOut(model, structure, all, holdout, wanted, extra);
+    return;
+  }
+  const calib = all;
   const val = await hold(
     join(fixtures, 'images/imagenet-val-500'),
     Number(values.val) || undefined,
   );
-  const calib = await hold(join(fixtures, 'images/imagenet-calib-256'), Number(values.calib));
   const fp32 = values.fp32 ? Number(values.fp32) : await top1(model, val);
   const images = val.reduce((n, b) => n + b.labels.length, 0);
   console.log(`fp32 top-1 ${pct(fp32)} on ${images} images of imagenet-val-500`);
@@ -123,6 +137,46 @@ async function main(): Promise<void> {
       ];
       console.log(`| ${cells.join(' | ')} |`);
     }
+  }
+}
+
+/** Fits on all but the last `count` calibration images and measures on those against fp32. */
+async function measureHeldOut(
+  model: ModelProto,
+  structure: ReturnType<typeof recognizeViT>,
+  all: readonly Held[],
+  count: number,
+  wanted: string[] | undefined,
+  extra: PruneOptions,
+): Promise<void> {
+  const size = all[0]!.labels.length;
+  if (count % size !== 0) throw new RangeError(`--holdout must be a multiple of ${size}`);
+  const fit = all.slice(0, all.length - count / size);
+  const held = all.slice(all.length - count / size);
+  const images = fit.reduce((n, b) => n + b.labels.length, 0);
+  console.log(`fitted on ${images} calibration images, measured on the other ${count}`);
+  console.log('| configuration | options | agreement | mean KL | calib s | MACs |');
+  console.log('| --- | --- | --- | --- | --- | --- |');
+  for (const c of configs.filter((c) => !wanted || wanted.includes(c.key))) {
+    const started = performance.now();
+    const result = await pruneModel(model, structure, {
+      ...c.options,
+      ...extra,
+      calibration: stream(fit),
+      threads,
+    });
+    const seconds = (performance.now() - started) / 1000;
+    const r = await evaluateAccuracy(result.model, stream(held), { threads, baseline: model });
+    const cells = [
+      c.name,
+      JSON.stringify(extra),
+      pct(r.agreement!),
+      r.meanKl!.toFixed(4),
+      seconds.toFixed(1),
+      `${(result.report.macs[1] / result.report.macs[0]).toFixed(3)}×`,
+    ];
+    console.log(`| ${cells.join(' | ')} |`);
+    console.log(`MLP widths: ${result.report.blocks.map((b) => b.mlp[1]).join(' ')}`);
   }
 }
 

@@ -420,7 +420,8 @@ export const pruneOptionsSchema = z
     sparsityPattern: sparsityPatternFlag.default('unstructured'),
     sparsityMethod: z.enum(['magnitude', 'wanda', 'sparsegpt']).optional(),
     calib: z.string().optional(),
-    calibCount: positiveInt.default(32),
+    /** Default 256 with `mlp` (pruneCalibrationCount), 32 otherwise. */
+    calibCount: positiveInt.optional(),
     seed: z.coerce.number().int().nonnegative().default(0),
     data: z.string().optional(),
     limit: positiveInt.optional(),

@@ -93,7 +93,10 @@ export function addPruneFlags(command: Command): Command {
       'magnitude | wanda | sparsegpt (default wanda with --calib, magnitude without)',
     )
     .option('--calib <dir>', 'calibration images (never the evaluation images)')
-    .option('--calib-count <n>', 'calibration images to sample (default 32)')
+    .option(
+      '--calib-count <n>',
+      'calibration images to sample (default 256 for pruning with --mlp, 32 otherwise)',
+    )
     .option('--seed <n>', 'seed of the calibration sample (default 0)')
     .option('--data <dir>', 'also evaluate on these labelled images against the input model')
     .option('--limit <n>', 'evaluate only the first n images')

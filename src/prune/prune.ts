@@ -14,6 +14,7 @@ import type { ViTStructure } from '../vit/types.js';
 import { compensationUpdates } from './compensate.js';
 import { headDimGroup, headGroup, mlpGroup, traceContext } from './groups.js';
 import { ablationScores } from './ablation.js';
+import { viewFactor, viewsOf, withViews, type CalibrationView } from './augment.js';
 import { compensatedAblation, sensitivitySelect } from './allocation.js';
 import { createImportance, type Importance, type ImportanceInputs } from './importance.js';
 import { roundKept, selectInBlocks, selectUnits } from './selection.js';
@@ -78,6 +79,13 @@ export interface PruneOptions extends Reporting, SessionOptions {
   ablationImages?: number;
   /** The `sensitivity` scope: widths measured per group (default 6, up to `maxRatio`). */
   sensitivityPoints?: number;
+  /**
+   * Transformed copies of each calibration batch (augment.ts) added to the statistics of the
+   * criteria and of the compensation, one-shot or sequential: `flip` (mirror image) and
+   * `{ shift: pixels }` (moved both ways). The sensitivity and ablation measurements use the
+   * images themselves. Default none.
+   */
+  views?: readonly CalibrationView[];
   /** Calibration images (another split than the evaluation images); read once. */
   calibration?: AsyncIterable<CaptureBatch> | Iterable<CaptureBatch>;
 }
@@ -181,6 +189,7 @@ export async function pruneModel(
   options: PruneOptions = {},
 ): Promise<PruneResult> {
   checkOptions(structure, options);
+  const views = options.views ?? [];
   const logger = options.logger ?? silentLogger;
   const groups = groupsFor(model, structure, options);
   const all = [...groups.mlp, ...groups.heads, ...groups.headDims];
@@ -194,9 +203,9 @@ export async function pruneModel(
   if (settings.statistics) {
     const requests = statisticsRequests(all, settings.gram);
     const source = hold ? holding(options.calibration!, held) : options.calibration!;
-    const stats = await channelStatistics(model, requests, source, options);
+    const stats = await channelStatistics(model, requests, withViews(source, views), options);
     inputs.moments = stats.moments;
-    images = stats.images;
+    images = stats.images / viewFactor(views);
   } else if (hold) {
     for await (const _ of holding(options.calibration!, held)) images += _.dims[0] ?? 0;
   }
@@ -212,7 +221,13 @@ export async function pruneModel(
   const measure = { model, images: few, compensate };
   const selections = await selectAll(groups, inputs, settings, options, measure);
   const updates = settings.sequential
-    ? await sequentialUpdates(model, structure, selections, held, options)
+    ? await sequentialUpdates(
+        model,
+        structure,
+        selections,
+        held.flatMap((b) => [b, ...viewsOf(b, views)]),
+        options,
+      )
     : compensate(selections);
   const pruned = { ...applyPruning(model, structure, selections, updates), selections };
   logger.info(`pruned ${pruned.selections.length} groups (${images} calibration images)`);

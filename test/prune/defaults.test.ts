@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { parseOptions, pruneOptionsSchema } from '../../src/options.js';
+import { pruneCalibrationCount } from '../../src/pipeline/prune.js';
 import { pruneModel } from '../../src/prune/prune.js';
 import { recognizeViT } from '../../src/vit/index.js';
 import { noiseInput } from '../fixtures.js';
@@ -26,5 +28,14 @@ describe('pruneModel defaults', () => {
     expect(heads.report).toMatchObject({ criterion: 'wanda', scope: 'local' });
     const plain = await pruneModel(model, structure, { mlp: 0.25 });
     expect(plain.report).toMatchObject({ criterion: 'l2', scope: 'local', compensation: 'none' });
+  });
+});
+
+describe('prune calibration count', () => {
+  it('samples 256 images for MLP pruning and 32 otherwise, unless given', () => {
+    expect(pruneCalibrationCount({ mlp: 0.3 })).toBe(256);
+    expect(pruneCalibrationCount({})).toBe(32);
+    expect(pruneCalibrationCount({ mlp: 0.3, calibCount: 16 })).toBe(16);
+    expect(parseOptions(pruneOptionsSchema, { mlp: '0.3' }, 'flags').calibCount).toBeUndefined();
   });
 });
