@@ -63,6 +63,26 @@ describe('float-format PTQ on the MNIST ViT', () => {
     );
     expect(same).toBeGreaterThanOrEqual(0.95);
   });
+
+  it('chooses the same scales however the calibration images are batched', async () => {
+    const structure = recognizeViT(model);
+    const options = {
+      weightFormat: 'e3m2',
+      activationFormat: 'e3m2',
+      candidates: 16,
+      samplesPerTensor: 4096,
+      threads: 2,
+    } as const;
+    const by16 = await quantizeFloatFormat(model, structure, calib, options);
+    const by8 = await quantizeFloatFormat(
+      model,
+      structure,
+      await holdBatches(await fixtureImages(vitMnist, mnistDir, 1000, 32), 8),
+      options,
+    );
+    const scales = (r: typeof by16) => r.report.activations.map((a) => a.scale);
+    expect(scales(by8)).toEqual(scales(by16));
+  });
 });
 
 describe('float-format PTQ at W4A4 (E2M1)', () => {

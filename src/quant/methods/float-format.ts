@@ -25,6 +25,7 @@ import { CalibrationError, UnsupportedModelError } from '../../errors.js';
 import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
 import type { Reporting } from '../../log.js';
+import { mulberry32 } from '../../data/sample.js';
 import { capture, holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import type { LinearLayer, ViTStructure } from '../../vit/types.js';
@@ -65,7 +66,7 @@ export const floatFormatOptionsSchema = z.strictObject({
   activationFormat: format,
   /** Candidate scales per search: s₀·2^(−j/16), j < candidates. */
   candidates: z.number().int().min(1).max(256).default(64),
-  /** Captured values kept per activation tensor for its search (an even stride per batch). */
+  /** Captured values kept per activation tensor for its search (whole rows drawn at random). */
   samplesPerTensor: z.number().int().min(1024).default(65536),
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
@@ -191,8 +192,12 @@ interface CapturedRows {
 }
 
 /**
- * Up to about `limit` values of every captured tensor, as whole rows of its last axis at an even
- * stride through each batch, and the exact per-channel max |x| over all of it.
+ * About `limit` values of every captured tensor, as whole rows of its last axis, and the exact
+ * per-channel max |x| over all of it. Row n of the whole calibration set (counted across batches)
+ * is kept when a draw seeded by n falls below limit / total: the sample does not depend on how
+ * the images are batched, and it cannot alias with the tensor's own period (an even stride
+ * through [B, H, dh, N] keys, for one, keeps the same few of the dh rows of every head, and so
+ * keeps or misses the outlier channels by chance of alignment).
  */
 async function captureRows(
   model: ModelProto,
@@ -203,6 +208,8 @@ async function captureRows(
 ): Promise<Map<string, CapturedRows>> {
   const parts = new Map<string, Float32Array[]>(values.map((v) => [v, []]));
   const maxima = new Map<string, Float32Array>();
+  const rowsSeen = new Map<string, number>();
+  const totalImages = images.reduce((n, b) => n + (b.dims[0] ?? 0), 0);
   await capture(
     model,
     values,
@@ -217,7 +224,11 @@ async function captureRows(
           if (a > max[i % channels]!) max[i % channels] = a;
         }
         maxima.set(value, max);
-        parts.get(value)!.push(sampleRows(data, channels, limit / images.length));
+        const perImage = data.length / Math.max(1, Number(tensor.dims[0] ?? 1));
+        const share = Math.min(1, limit / (perImage * totalImages));
+        const first = rowsSeen.get(value) ?? 0;
+        parts.get(value)!.push(sampleRows(data, channels, first, share));
+        rowsSeen.set(value, first + data.length / channels);
       }
     },
     session,
@@ -235,16 +246,20 @@ async function captureRows(
   return out;
 }
 
-/** Whole rows of `channels` values, about `budget` values in all, at an even stride. */
-function sampleRows(data: Float32Array, channels: number, budget: number): Float32Array {
+/** The rows of `data` (rows first, first + 1, … of the whole set) whose draw is below `share`. */
+function sampleRows(
+  data: Float32Array,
+  channels: number,
+  first: number,
+  share: number,
+): Float32Array {
   const total = data.length / channels;
-  const count = Math.min(total, Math.max(1, Math.ceil(budget / channels)));
-  const stride = total / count;
-  const out = new Float32Array(count * channels);
-  for (let r = 0; r < count; r++) {
-    const from = Math.floor(r * stride) * channels;
-    out.set(data.subarray(from, from + channels), r * channels);
+  const kept: number[] = [];
+  for (let r = 0; r < total; r++) {
+    if (share >= 1 || mulberry32(first + r)() < share) kept.push(r);
   }
+  const out = new Float32Array(kept.length * channels);
+  kept.forEach((r, k) => out.set(data.subarray(r * channels, (r + 1) * channels), k * channels));
   return out;
 }
 
