@@ -75,8 +75,8 @@ export const methodNames = [
   'isvit',
 ] as const;
 /**
- * How RepQ-ViT's weights are rounded: to nearest, GPTQ (arXiv:2210.17323) or ERQ
- * (arXiv:2407.06794).
+ * How the weights of the RepQ-ViT-based methods (repq, adalog, isvit) are set on their grids:
+ * to nearest, GPTQ (arXiv:2210.17323) or ERQ (arXiv:2407.06794).
  */
 export const weightMethodNames = ['rtn', 'gptq', 'erq'] as const;
 export type MethodName = (typeof methodNames)[number];
@@ -230,10 +230,10 @@ export const quantizeOptionsSchema = z
       'which int4-weights does not do)',
     path: ['weights'],
   })
-  .refine((o) => o.weights === 'rtn' || o.method === 'repq' || o.recipe === 'int4-weights', {
+  .refine((o) => o.weights === 'rtn' || repqBased(o.method) || o.recipe === 'int4-weights', {
     message:
-      'GPTQ and ERQ weights run on a RepQ-ViT calibration: add --method repq (or use ' +
-      '--recipe int4-weights --weights gptq)',
+      'GPTQ and ERQ weights run on a RepQ-ViT calibration: add --method repq, adalog or ' +
+      'isvit (or use --recipe int4-weights --weights gptq)',
     path: ['weights'],
   })
   .refine((o) => o.method !== 'repq' || !deployable(o.recipe) || o.recipe === 'w8a8', {
@@ -275,6 +275,13 @@ export const quantizeOptionsSchema = z
     const { recipe, ...rest } = o;
     return { ...rest, ...simulatedRecipes[recipe as keyof typeof simulatedRecipes] };
   });
+
+/** The methods built on RepQ-ViT's calibration, whose weights GPTQ or ERQ can set. */
+export const repqBasedMethods: readonly MethodName[] = ['repq', 'adalog', 'isvit'];
+
+function repqBased(method: MethodName): boolean {
+  return repqBasedMethods.includes(method);
+}
 
 function deployable(recipe: string | undefined): boolean {
   return (deployableRecipes as readonly (string | undefined)[]).includes(recipe);

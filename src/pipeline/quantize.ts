@@ -534,18 +534,22 @@ async function method(request: QuantizeRequest, reporting: Reporting): Promise<P
     case 'adalog':
     case 'isvit': {
       const quantize = options.method === 'adalog' ? quantizeAdaLog : quantizeIsVit;
-      const result = await quantize(source.model, source.structure, held, common);
+      const result = await quantize(source.model, source.structure, held, {
+        ...common,
+        weights: options.weights,
+      });
       const r = result.report;
       const extra = 'adalog' in r ? { adalog: r.adalog } : { isvit: r.isvit };
       return {
         model: result.model,
         report: {
           ...base,
+          weights: options.weights,
           calibration: summary(r.calibration.seconds, r.activations.length, 'percentile-mse'),
           repq: r,
           ...extra,
           keptFloat: r.keptFloat,
-          notes: [simulatedNote, ...methodNotes(options.method)],
+          notes: [simulatedNote, ...methodNotes(options.method, options.weights)],
         },
       };
     }
@@ -571,13 +575,15 @@ function methodNotes(
   if (weights === 'gptq') {
     notes.push(
       'weights by GPTQ (arXiv:2210.17323) on the RepQ-ViT grids: float64 Cholesky of the ' +
-        'Hessian of each layer’s quantized inputs, stage by stage.',
+        'Hessian of each layer’s quantized inputs (through the method’s own activation ' +
+        'quantizers), stage by stage.',
     );
   }
   if (weights === 'erq') {
     notes.push(
       'weights by ERQ (arXiv:2407.06794) on the RepQ-ViT grids: closed-form ridge ' +
-        'corrections for the activation and weight quantization errors.',
+        'corrections for the activation quantization errors (of the method’s own activation ' +
+        'quantizers) and the weight quantization errors.',
     );
   }
   if (name === 'ptq4vit') {

@@ -45,7 +45,12 @@ import {
   type OutputProblem,
 } from './adalog-search.js';
 import { calibrateRepQ, type RepQCalibration, type RepQResult } from './repq.js';
-import { captureFloat, insertWithReplacements, settingsWithRole } from './replaced-quantizers.js';
+import {
+  captureFloat,
+  insertWithReplacements,
+  replacedWeights,
+  settingsWithRole,
+} from './replaced-quantizers.js';
 
 const bits = z.number().int().min(2).max(8);
 const count = z.number().int().min(1);
@@ -55,6 +60,11 @@ export const adaLogOptionsSchema = z.strictObject({
   activationBits: bits,
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
+  /**
+   * Weight values on RepQ-ViT's grids: round to nearest, GPTQ or ERQ, solved after the AdaLog
+   * search for the inputs as AdaLog's quantizers give them.
+   */
+  weights: z.enum(['rtn', 'gptq', 'erq']).default('rtn'),
   /** Levels in the shift-and-table form the paper deploys (otherwise exact powers). */
   hardware: z.boolean().default(true),
   /** Attention rows (one query's probabilities in one head) scoring the softmax search. */
@@ -187,8 +197,9 @@ export async function quantizeAdaLog(
     chain: (value: string, prefix: string) =>
       adaLogFakeQuantCommands(value, prefix, chosen.get(setting.value)!),
   }));
+  const weighted = await replacedWeights(calibration, images, s.weights, replacements, run);
   const context = `AdaLog W${weightBits}A${activationBits} simulated quantization`;
-  const result = insertWithReplacements(calibration, replacements, context);
+  const result = insertWithReplacements(weighted, replacements, context);
   return { model: result.model, report: { ...result.report, adalog: report } };
 }
 
