@@ -44,6 +44,8 @@ type Method =
   | 'repq+erq'
   | 'fp'
   | 'adalog'
+  | 'adalog+gptq'
+  | 'adalog+erq'
   | 'isvit';
 
 interface RowSpec {
@@ -157,6 +159,10 @@ function rowSpecs(quick: boolean): RowSpec[] {
   for (const method of ['adalog', 'isvit'] as const) {
     for (const bits of ['w6a6', 'w4a4', 'w3a3']) specs.push({ target: tiny, method, bits });
   }
+  for (const method of ['adalog+erq', 'adalog+gptq'] as const) {
+    for (const bits of ['w6a6', 'w4a4', 'w3a3']) specs.push({ target: tiny, method, bits });
+  }
+  specs.push({ target: tiny, method: 'adalog+erq', bits: 'w4a8' });
   for (const method of ['fp', 'adalog', 'isvit'] as const) {
     specs.push({ target: 'vit-tiny opset 13', method, bits: 'w4a4' });
     specs.push({ target: 'mnist vit', method, bits: 'w4a4' });
@@ -192,6 +198,12 @@ async function quantized(spec: RowSpec, model: ModelProto, calib: Dataset) {
   if (spec.method === 'adalog' || spec.method === 'isvit') {
     const quantize = spec.method === 'adalog' ? quantizeAdaLog : quantizeIsVit;
     const result = await quantize(model, structure, calib.batches(32), { ...bits, threads });
+    return { model: result.model, seconds: (performance.now() - started) / 1000 };
+  }
+  if (spec.method === 'adalog+gptq' || spec.method === 'adalog+erq') {
+    const weights = spec.method === 'adalog+gptq' ? 'gptq' : 'erq';
+    const options = { ...bits, threads, weights } as const;
+    const result = await quantizeAdaLog(model, structure, calib.batches(32), options);
     return { model: result.model, seconds: (performance.now() - started) / 1000 };
   }
   if (spec.method === 'fqvit') {

@@ -612,11 +612,11 @@ function methodNotes(
     notes.push(
       'AdaLog (arXiv:2407.12951), calibration form: adaptive-base log quantizers on the ' +
         'softmax outputs (base searched on the attention output) and the GELU outputs (base ' +
-        'and scale by the fast progressive combining search on fc2’s output); the LayerNorm ' +
-        'reparameterisation and the uniform quantizers are RepQ-ViT’s (percentile-MSE grids, ' +
-        'not FPCS-searched), per tensor ' +
-        'rather than per head. The paper’s reconstruction ("retrain") needs gradients and is ' +
-        'not done.',
+        'and scale by the fast progressive combining search on fc2’s output), query, key and ' +
+        'value on one uniform grid per head; the LayerNorm reparameterisation and the uniform ' +
+        'quantizers are RepQ-ViT’s, their percentile-MSE candidates reaching down to AdaLog’s ' +
+        '0.1–0.9 quantile range (not FPCS-searched on the layer output). The paper’s ' +
+        'reconstruction ("retrain") needs gradients and is not done.',
     );
   }
   if (name === 'isvit') {

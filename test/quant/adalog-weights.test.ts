@@ -8,7 +8,11 @@ import type { ModelProto } from 'onnx-buf';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GraphIndex } from '../../src/graph/graph.js';
 import { loadModel } from '../../src/onnx/model-io.js';
-import { quantizeAdaLog, type AdaLogResult } from '../../src/quant/methods/adalog-method.js';
+import {
+  adaLogUniformPercentiles,
+  quantizeAdaLog,
+  type AdaLogResult,
+} from '../../src/quant/methods/adalog-method.js';
 import { quantizeIsVit } from '../../src/quant/methods/isvit.js';
 import { quantizeRepQ, type RepQResult } from '../../src/quant/methods/repq.js';
 import { recognizeViT } from '../../src/vit/index.js';
@@ -53,8 +57,10 @@ describe('AdaLog with ERQ and GPTQ weights on the MNIST ViT', () => {
         await quantizeAdaLog(model, structure, calib.batches(16), options),
       );
     }
+    // RepQ-ViT calibrated as AdaLog calibrates it: its uniform candidates, the final norm folded
+    const asAdaLog = { percentiles: [...adaLogUniformPercentiles], foldFinalNorm: true };
     for (const weights of ['erq', 'gptq'] as const) {
-      const options = { ...bits, threads: 2, weights };
+      const options = { ...bits, ...asAdaLog, threads: 2, weights };
       results.set(
         `repq-${weights}`,
         await quantizeRepQ(model, structure, calib.batches(16), options),
