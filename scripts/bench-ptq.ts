@@ -48,6 +48,8 @@ type Method =
   | 'repq+erq'
   | 'fp'
   | 'adalog'
+  | 'adalog+gptq'
+  | 'adalog+erq'
   | 'isvit';
 
 interface RowSpec {
@@ -154,6 +156,8 @@ function rowSpecs(quick: boolean): RowSpec[] {
     'repq+erq',
     'fp',
     'adalog',
+    'adalog+gptq',
+    'adalog+erq',
     'isvit',
   ];
   // every method at every width of the grid on the ViT-Tiny opset 17
@@ -200,6 +204,12 @@ async function quantized(spec: RowSpec, model: ModelProto, calib: Dataset) {
   if (spec.method === 'adalog' || spec.method === 'isvit') {
     const quantize = spec.method === 'adalog' ? quantizeAdaLog : quantizeIsVit;
     const result = await quantize(model, structure, calib.batches(32), { ...bits, threads });
+    return { model: result.model, seconds: (performance.now() - started) / 1000 };
+  }
+  if (spec.method === 'adalog+gptq' || spec.method === 'adalog+erq') {
+    const weights = spec.method === 'adalog+gptq' ? 'gptq' : 'erq';
+    const options = { ...bits, threads, weights } as const;
+    const result = await quantizeAdaLog(model, structure, calib.batches(32), options);
     return { model: result.model, seconds: (performance.now() - started) / 1000 };
   }
   if (spec.method === 'fqvit') {

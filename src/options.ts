@@ -43,13 +43,16 @@ export const deployableRecipes = ['w8a8', 'dynamic-int8', 'int4-weights'] as con
 
 /**
  * Recipes below 8 bits, simulated (no onnxruntime kernel runs them): each the combination that
- * measured best on the ViT-Tiny (README, Methods) — RepQ-ViT's quantizers with ERQ's weights.
+ * measured best on the ViT-Tiny (README, "Float formats, AdaLog and I&S-ViT") — AdaLog's
+ * quantizers with ERQ's weights at every width measured: W6A6 82.4 % (E3M2 floats 81.6 %,
+ * RepQ-ViT with ERQ 80.6 %), W4A8 77.0 %, W4A4 68.6 % (AdaLog alone 62.2 %, RepQ-ViT with ERQ
+ * 41.2 %), W3A3 1.8 % (every method below 2 %: no recipe is usable at that width yet).
  */
 export const simulatedRecipes = {
-  w6a6: { bits: 'w6a6', method: 'repq', weights: 'erq' },
-  w4a8: { bits: 'w4a8', method: 'repq', weights: 'erq' },
-  w4a4: { bits: 'w4a4', method: 'repq', weights: 'erq' },
-  w3a3: { bits: 'w3a3', method: 'repq', weights: 'erq' },
+  w6a6: { bits: 'w6a6', method: 'adalog', weights: 'erq' },
+  w4a8: { bits: 'w4a8', method: 'adalog', weights: 'erq' },
+  w4a4: { bits: 'w4a4', method: 'adalog', weights: 'erq' },
+  w3a3: { bits: 'w3a3', method: 'adalog', weights: 'erq' },
 } as const;
 
 export const recipeNames = [
@@ -75,8 +78,8 @@ export const methodNames = [
   'isvit',
 ] as const;
 /**
- * How RepQ-ViT's weights are rounded: to nearest, GPTQ (arXiv:2210.17323) or ERQ
- * (arXiv:2407.06794).
+ * How the weights of the RepQ-ViT-based methods (repq, adalog, isvit) are set on their grids:
+ * to nearest, GPTQ (arXiv:2210.17323) or ERQ (arXiv:2407.06794).
  */
 export const weightMethodNames = ['rtn', 'gptq', 'erq'] as const;
 export type MethodName = (typeof methodNames)[number];
@@ -230,10 +233,10 @@ export const quantizeOptionsSchema = z
       'which int4-weights does not do)',
     path: ['weights'],
   })
-  .refine((o) => o.weights === 'rtn' || o.method === 'repq' || o.recipe === 'int4-weights', {
+  .refine((o) => o.weights === 'rtn' || repqBased(o.method) || o.recipe === 'int4-weights', {
     message:
-      'GPTQ and ERQ weights run on a RepQ-ViT calibration: add --method repq (or use ' +
-      '--recipe int4-weights --weights gptq)',
+      'GPTQ and ERQ weights run on a RepQ-ViT calibration: add --method repq, adalog or ' +
+      'isvit (or use --recipe int4-weights --weights gptq)',
     path: ['weights'],
   })
   .refine((o) => o.method !== 'repq' || !deployable(o.recipe) || o.recipe === 'w8a8', {
@@ -275,6 +278,13 @@ export const quantizeOptionsSchema = z
     const { recipe, ...rest } = o;
     return { ...rest, ...simulatedRecipes[recipe as keyof typeof simulatedRecipes] };
   });
+
+/** The methods built on RepQ-ViT's calibration, whose weights GPTQ or ERQ can set. */
+export const repqBasedMethods: readonly MethodName[] = ['repq', 'adalog', 'isvit'];
+
+function repqBased(method: MethodName): boolean {
+  return repqBasedMethods.includes(method);
+}
 
 function deployable(recipe: string | undefined): boolean {
   return (deployableRecipes as readonly (string | undefined)[]).includes(recipe);

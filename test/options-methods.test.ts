@@ -34,6 +34,21 @@ describe('--method adalog and isvit options', () => {
     expect(parse({ bits: 'w3a3', method: 'adalog' }).method).toBe('adalog');
     expect(parse({ bits: 'w4a4', method: 'isvit' }).method).toBe('isvit');
     expect(() => parse({ recipe: 'w8a8', method: 'adalog' })).toThrow(/--method: .*--bits/);
-    expect(() => parse({ bits: 'w4a4', method: 'adalog', weights: 'erq' })).toThrow(/--weights/);
+  });
+
+  it('take GPTQ or ERQ weights, as RepQ-ViT does, and keep rtn as the default', () => {
+    const erq = parse({ bits: 'w3a3', method: 'adalog', weights: 'erq' });
+    expect([erq.bits, erq.method, erq.weights]).toEqual(['w3a3', 'adalog', 'erq']);
+    expect(parse({ bits: 'w4a4', method: 'isvit', weights: 'gptq' }).weights).toBe('gptq');
+    expect(parse({ bits: 'w4a4', method: 'adalog' }).weights).toBe('rtn');
+  });
+
+  it('refuse GPTQ or ERQ weights for a method without RepQ-ViT calibration, naming --weights', () => {
+    for (const method of ['baseline', 'ptq4vit', 'fqvit', 'fp']) {
+      expect(() => parse({ bits: 'w4a4', method, weights: 'erq' })).toThrow(
+        /--weights: GPTQ and ERQ weights run on a RepQ-ViT calibration: add --method repq, adalog/,
+      );
+    }
+    expect(() => parse({ bits: 'w4a4', method: 'adalog', weights: 'awq' })).toThrow(/--weights/);
   });
 });

@@ -8,7 +8,9 @@ describe('quantize options', () => {
   it('expands a simulated recipe into the method that measured best', () => {
     const o = parse({ recipe: 'w4a4', calib: 'calib' });
     expect(o.recipe).toBeUndefined();
-    expect([o.bits, o.method, o.weights]).toEqual(['w4a4', 'repq', 'erq']);
+    expect([o.bits, o.method, o.weights]).toEqual(['w4a4', 'adalog', 'erq']);
+    const w6 = parse({ recipe: 'w6a6', calib: 'calib' });
+    expect([w6.bits, w6.method, w6.weights]).toEqual(['w6a6', 'adalog', 'erq']);
     const d = parse({ recipe: 'w8a8', calib: 'calib' });
     expect([d.recipe, d.bits, d.method]).toEqual(['w8a8', undefined, 'baseline']);
   });

@@ -63,8 +63,8 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     )
     .option(
       '--weights <how>',
-      'weight rounding: rtn (default) | gptq | erq, on RepQ-ViT (--method repq); gptq also ' +
-        'with --recipe int4-weights (in MatMulNBits blocks)',
+      'weight rounding: rtn (default) | gptq | erq, on RepQ-ViT (--method repq, adalog or ' +
+        'isvit); gptq also with --recipe int4-weights (in MatMulNBits blocks)',
     )
     .option(
       '--fp-format <f>',

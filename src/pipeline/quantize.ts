@@ -524,18 +524,22 @@ async function method(request: QuantizeRequest, reporting: Reporting): Promise<P
     case 'adalog':
     case 'isvit': {
       const quantize = options.method === 'adalog' ? quantizeAdaLog : quantizeIsVit;
-      const result = await quantize(source.model, source.structure, held, common);
+      const result = await quantize(source.model, source.structure, held, {
+        ...common,
+        weights: options.weights,
+      });
       const r = result.report;
       const extra = 'adalog' in r ? { adalog: r.adalog } : { isvit: r.isvit };
       return {
         model: result.model,
         report: {
           ...base,
+          weights: options.weights,
           calibration: summary(r.calibration.seconds, r.activations.length, 'percentile-mse'),
           repq: r,
           ...extra,
           keptFloat: r.keptFloat,
-          notes: [simulatedNote, ...methodNotes(options.method)],
+          notes: [simulatedNote, ...methodNotes(options.method, options.weights)],
         },
       };
     }
@@ -561,13 +565,15 @@ function methodNotes(
   if (weights === 'gptq') {
     notes.push(
       'weights by GPTQ (arXiv:2210.17323) on the RepQ-ViT grids: float64 Cholesky of the ' +
-        'Hessian of each layer’s quantized inputs, stage by stage.',
+        'Hessian of each layer’s quantized inputs (through the method’s own activation ' +
+        'quantizers), stage by stage.',
     );
   }
   if (weights === 'erq') {
     notes.push(
       'weights by ERQ (arXiv:2407.06794) on the RepQ-ViT grids: closed-form ridge ' +
-        'corrections for the activation and weight quantization errors.',
+        'corrections for the activation quantization errors (of the method’s own activation ' +
+        'quantizers) and the weight quantization errors.',
     );
   }
   if (name === 'ptq4vit') {
@@ -596,11 +602,11 @@ function methodNotes(
     notes.push(
       'AdaLog (arXiv:2407.12951), calibration form: adaptive-base log quantizers on the ' +
         'softmax outputs (base searched on the attention output) and the GELU outputs (base ' +
-        'and scale by the fast progressive combining search on fc2’s output); the LayerNorm ' +
-        'reparameterisation and the uniform quantizers are RepQ-ViT’s (percentile-MSE grids, ' +
-        'not FPCS-searched), per tensor ' +
-        'rather than per head. The paper’s reconstruction ("retrain") needs gradients and is ' +
-        'not done.',
+        'and scale by the fast progressive combining search on fc2’s output), query, key and ' +
+        'value on one uniform grid per head; the LayerNorm reparameterisation and the uniform ' +
+        'quantizers are RepQ-ViT’s, their percentile-MSE candidates reaching down to AdaLog’s ' +
+        '0.1–0.9 quantile range (not FPCS-searched on the layer output). The paper’s ' +
+        'reconstruction ("retrain") needs gradients and is not done.',
     );
   }
   if (name === 'isvit') {

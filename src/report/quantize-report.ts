@@ -143,8 +143,32 @@ function repqMarkdown(r: NonNullable<QuantizeReport['repq']>): string {
       `${r.calibration.passes} passes, ${r.calibration.seconds.toFixed(1)} s.`,
     `### Reparameterised LayerNorms\n\n${norms}`,
     `### Weights\n\n${weights}`,
+    ...(r.weightMethod ? [weightMethodMarkdown(r.weightMethod)] : []),
     `### Activations\n\n${activations}`,
   ].join('\n\n');
+}
+
+/** GPTQ's proxy losses or ERQ's output errors per layer, beside rounding to nearest's. */
+function weightMethodMarkdown(w: NonNullable<QuantizeReport['repq']>['weightMethod']): string {
+  if (!w) return '';
+  const measure = w.method === 'erq' ? 'relative output error' : 'relative proxy loss';
+  const rows = w.layers.map((l) => {
+    const [rounded, method] =
+      'roundingError' in l ? [l.roundingError, l.error] : [l.roundingLoss, l.loss];
+    return [
+      l.role,
+      rounded.toExponential(2),
+      method.toExponential(2),
+      (method / rounded).toFixed(3),
+    ];
+  });
+  const table = markdownTable(['layer', 'rounding to nearest', w.method, 'ratio'], rows);
+  const skipped = w.skipped.map((s) => `${s.role} (${s.reason})`).join(', ');
+  return (
+    `### Weights by ${w.method.toUpperCase()}\n\n${measure} per layer on the calibration ` +
+    `images, ${w.seconds.toFixed(1)} s${skipped ? `; left to rounding: ${skipped}` : ''}.` +
+    `\n\n${table}`
+  );
 }
 
 function floatFormatMarkdown(r: NonNullable<QuantizeReport['fp']>): string {
@@ -184,7 +208,8 @@ function adaLogMarkdown(r: NonNullable<QuantizeReport['adalog']>): string {
   return (
     `## AdaLog\n\n${r.softmax.length} softmax and ${r.gelu.length} GELU outputs on ` +
     `adaptive-base log grids (${r.hardware ? 'shift-and-table levels' : 'exact levels'}), ` +
-    `${r.candidates} GELU candidates scored, ${r.seconds.toFixed(1)} s.\n\n${table}`
+    `${r.candidates} GELU candidates scored, ${r.seconds.toFixed(1)} s; ` +
+    `${r.perHead.length} query/key/value operands on one grid per head.\n\n${table}`
   );
 }
 

@@ -51,7 +51,7 @@ const unaryOps = [
 /** Ops whose output has the shape of their first input but other values. */
 const shapeOnlyOps = ['QuantizeLinear', 'DequantizeLinear', 'DynamicQuantizeLinear'];
 
-const binaryOps = ['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Equal', 'Less', 'Greater', 'Max'];
+const binaryOps = ['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Equal', 'Less', 'Greater', 'Max', 'Min'];
 
 /** Shapes of every value of the graph with the batch dimension of the input set to 1. */
 export class ShapeMap {

@@ -69,4 +69,37 @@ describe('quantize --method fp, adalog, isvit', () => {
     expect(json.adalog.softmax.length).toBeGreaterThan(0);
     expect(json.evaluation.accuracy.top1).toBeGreaterThan(0.9);
   });
+
+  it('takes --weights erq with --method adalog and reports ERQ per layer', async () => {
+    const out = join(dir, 'adalog-erq');
+    const common = ['--calib', calib, '--calib-count', '8', '--latency-runs', '0'];
+    const run = await vitslim([
+      'quantize',
+      vitMnist,
+      ...['--bits', 'w4a4', '--method', 'adalog', '--weights', 'erq'],
+      ...common,
+      ...['--data', mnistDir, '--limit', '100', '-o', out],
+    ]);
+    expect(run.code).toBe(0);
+    const report = await readFile(join(out, 'report.md'), 'utf8');
+    expect(report).toMatch(/### Weights by ERQ/);
+    const json = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as {
+      method: string;
+      weights: string;
+      evaluation: { accuracy: { top1: number } };
+    };
+    expect([json.method, json.weights]).toEqual(['adalog', 'erq']);
+    expect(json.evaluation.accuracy.top1).toBeGreaterThan(0.9);
+
+    const fp = await vitslim([
+      'quantize',
+      vitMnist,
+      ...['--bits', 'w4a4', '--method', 'fp', '--weights', 'erq'],
+      ...common,
+      ...['-o', join(dir, 'fp-erq')],
+    ]);
+    expect(fp.code).not.toBe(0);
+    expect(errorLines(fp.stderr)).toHaveLength(1);
+    expect(fp.stderr).toMatch(/--weights: GPTQ and ERQ weights run on a RepQ-ViT calibration/);
+  });
 });

@@ -6,6 +6,7 @@
 import type { ModelProto } from 'onnx-buf';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
+import { GraphIndex } from '../../src/graph/graph.js';
 import { loadModel } from '../../src/onnx/model-io.js';
 import { quantizeAdaLog, type AdaLogResult } from '../../src/quant/methods/adalog-method.js';
 import { capture } from '../../src/runtime/capture.js';
@@ -85,6 +86,39 @@ describe('AdaLog on the MNIST ViT', () => {
     const float = accuracy(await predictions(model, digits), labels);
     const quantized = accuracy(await predictions(result.model, digits), labels);
     expect(quantized).toBeGreaterThanOrEqual(float - 0.03);
+  });
+
+  it('quantizes query, key and value with one grid per head, as the chain’s ops compute', async () => {
+    const roles = result.report.adalog.perHead;
+    expect(roles).toHaveLength(3 * recognizeViT(model).blocks.length);
+    const role = roles.find((r) => r.endsWith('.attn.query'))!;
+    const index = new GraphIndex(result.model);
+    const prefix = `vitslim/heads/${role}`;
+    const scale = index.constantFloat32(`${prefix}/scale`)!;
+    const low = index.constantFloat32(`${prefix}/low`)!;
+    const high = index.constantFloat32(`${prefix}/high`)!;
+    expect(new Set(scale).size).toBeGreaterThan(1);
+    const input = index.node(`${prefix}/Div`).input[0]!;
+    const output = `${prefix}/Mul`;
+    let checked = 0;
+    let worst = 0;
+    await capture(result.model, [input, output], digits.slice(0, 1), (tensors) => {
+      const x = tensors.get(input)!;
+      const y = tensors.get(output)!.data as Float32Array;
+      const heads = Number(x.dims[1]);
+      const per = x.data.length / (Number(x.dims[0]) * heads);
+      (x.data as Float32Array).forEach((v, i) => {
+        const h = Math.floor(i / per) % heads;
+        // round half to even by hand, then the code range shifted by the zero point
+        const t = Math.fround(v / scale[h]!);
+        const r = Math.abs(t % 1) === 0.5 ? 2 * Math.round(t / 2) : Math.round(t);
+        const code = Math.min(Math.max(r, low[h]!), high[h]!);
+        worst = Math.max(worst, Math.abs(y[i]! - Math.fround(code * scale[h]!)));
+        checked++;
+      });
+    });
+    expect(checked).toBeGreaterThan(0);
+    expect(worst).toBeLessThan(1e-6);
   });
 
   it('rejects an unknown option by its name', async () => {

@@ -13,6 +13,7 @@ import {
 } from '../../src/quant/methods/repq.js';
 import {
   foldCommands,
+  planFolds,
   reparameterisation,
   type NormFold,
 } from '../../src/quant/methods/repq-reparam.js';
@@ -97,6 +98,37 @@ describe('RepQ-ViT scale reparameterisation', () => {
       });
       // per block: γ, β, the qkv and fc1 weights and biases
       expect(changed.length).toBe(12 * 8);
+    }
+  });
+});
+
+describe('RepQ-ViT with the final norm folded into the head', () => {
+  it('plans the fold through the class-token pooling and leaves the logits unchanged', async () => {
+    const images = await holdBatches(await fixtureImages(vitTiny.opset17, imagenetVal, 0, 4), 4);
+    for (const path of [vitTiny.opset17, vitTiny.opset13]) {
+      const model = await loadModel(path);
+      const structure = recognizeViT(model);
+      const index = new GraphIndex(model);
+      const headInput = structure.head.input;
+      expect(planFolds(index, structure, new Set([headInput])).folds.size).toBe(0);
+      const { folds, norms } = planFolds(index, structure, new Set([headInput]), true);
+      expect(norms.map((n) => [n.role, n.reparameterised])).toEqual([
+        [structure.finalNorm!.role, true],
+      ]);
+      const fold = folds.get(headInput)!;
+      const width = structure.head.inFeatures;
+      const noise = noiseInput(2 * width, 7);
+      const grids = Array.from({ length: width }, (_, c) => ({
+        scale: 0.01 * 10 ** (noise[c]! + 1),
+        zeroPoint: Math.round(noise[width + c]! * 40),
+      }));
+      const names = new NamePrefixes(index);
+      const commands = foldCommands(index, names, fold, reparameterisation(grids, true));
+      const folded = applyCommands(model, commands);
+      const before = await logits(model, images[0]!);
+      const after = await logits(folded, images[0]!);
+      expect(maxAbsDifference(before, after)).toBeLessThan(2e-3 * maxAbs(before));
+      expect(after).not.toEqual(before);
     }
   });
 });

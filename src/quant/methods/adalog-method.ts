@@ -9,11 +9,16 @@
  *   combining search on fc2's output (adalog-search.ts). The shift, taken away after
  *   dequantization in the simulated chain, is what the paper folds into fc2's bias.
  *
+ * - every query, key and value operand of the attention matmuls: one uniform grid per head
+ *   (adalog-heads.ts), as the paper's per-head MatMul quantizers.
+ *
  * The AdaLog searches run on the reparameterised float model's tensors (the paper calibrates each
- * module in parallel on float inputs). Differences from the paper, all on the uniform side:
- * RepQ-ViT's percentile-MSE grids instead of FPCS-searched ones, q/k/v per tensor instead of per
- * head, one search round instead of three; its "retrain" numbers (block reconstruction with
- * gradients) are out of scope.
+ * module in parallel on float inputs). The uniform grids are chosen by RepQ-ViT's percentile-MSE
+ * search over candidates that reach down to AdaLog's narrowest range (the 0.1–0.9 quantiles).
+ * Differences from the paper, all on the uniform side: percentile-MSE grids on the tensor instead
+ * of FPCS-searched ones on the layer output, one search round instead of three. `weights` sets
+ * the weight values by GPTQ or ERQ after the searches, for the inputs as AdaLog quantizes them.
+ * Its "retrain" numbers (block reconstruction with gradients) are out of scope.
  */
 import type { ModelProto } from 'onnx-buf';
 import { z } from 'zod';
@@ -44,10 +49,26 @@ import {
   type AttentionProblem,
   type OutputProblem,
 } from './adalog-search.js';
+import {
+  applyHeadGrids,
+  headReplacement,
+  searchHeadGrids,
+  type HeadGrids,
+} from './adalog-heads.js';
 import { calibrateRepQ, type RepQCalibration, type RepQResult } from './repq.js';
-import { captureFloat, insertWithReplacements, settingsWithRole } from './replaced-quantizers.js';
+import {
+  captureFloat,
+  insertWithReplacements,
+  replacedWeights,
+  settingsWithRole,
+} from './replaced-quantizers.js';
 
 const bits = z.number().int().min(2).max(8);
+
+/** Candidate percentiles of AdaLog's uniform activation grids, from q(0.9) to RepQ-ViT's. */
+export const adaLogUniformPercentiles: readonly number[] = [
+  0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 0.99999,
+];
 const count = z.number().int().min(1);
 
 export const adaLogOptionsSchema = z.strictObject({
@@ -55,6 +76,30 @@ export const adaLogOptionsSchema = z.strictObject({
   activationBits: bits,
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
+  /**
+   * Weight values on RepQ-ViT's grids: round to nearest, GPTQ or ERQ, solved after the AdaLog
+   * search for the inputs as AdaLog's quantizers give them.
+   */
+  weights: z.enum(['rtn', 'gptq', 'erq']).default('rtn'),
+  /**
+   * Candidate percentiles of the percentile-MSE search of the uniform grids (weights per output
+   * channel, activations per tensor or per LayerNorm channel). AdaLog's own uniform search
+   * spans clipping ranges from the 0.1–0.9 quantile range up to the full range (reference
+   * notes §14 (3)); RepQ-ViT's three candidates (0.999 and up) stop far short of that, and at
+   * 3 bits the squared error keeps falling below them.
+   */
+  uniformPercentiles: z
+    .array(z.number().gt(0.5).lt(1))
+    .min(1)
+    .default([...adaLogUniformPercentiles]),
+  /**
+   * The head's input calibrated per channel and folded into the final LayerNorm, as RepQ-ViT
+   * folds the block norms (repq-reparam.ts): the final norm's output carries the same outlier
+   * channels as the block norms', which one per-tensor grid of 2^b levels cannot cover.
+   */
+  foldFinalNorm: z.boolean().default(true),
+  /** Query, key and value on one grid per head, as the paper does (otherwise per tensor). */
+  perHead: z.boolean().default(true),
   /** Levels in the shift-and-table form the paper deploys (otherwise exact powers). */
   hardware: z.boolean().default(true),
   /** Attention rows (one query's probabilities in one head) scoring the softmax search. */
@@ -98,6 +143,8 @@ export interface AdaLogReport {
   gelu: AdaLogPointReport[];
   /** Candidates scored by the GELU searches, all layers. */
   candidates: number;
+  /** The attention operands quantized with one grid per head. */
+  perHead: string[];
   seconds: number;
 }
 
@@ -137,22 +184,30 @@ export async function quantizeAdaLog(
     weightBits,
     activationBits,
     keepFloat,
+    percentiles: s.uniformPercentiles,
+    foldFinalNorm: s.foldFinalNorm,
     ...run,
   });
 
   const started = performance.now();
+  const session = { threads, optimization: optimization ?? ('basic' as const) };
   const softmax = settingsWithRole(calibration, '.attn.softmax');
   const gelu = settingsWithRole(calibration, '.mlp.fc2.input');
-  const problems = await captureProblems(calibration, softmax, gelu, images, s, {
-    threads,
-    optimization: optimization ?? 'basic',
-  });
+  const operands = ['.attn.query', '.attn.key', '.attn.value'].flatMap((r) =>
+    settingsWithRole(calibration, r),
+  );
+  const heads = s.perHead
+    ? await searchHeadGrids(calibration.model, operands, images, s.uniformPercentiles, session)
+    : [];
+  const headsOf = new Map(heads.map((g) => [g.setting.value, g]));
+  const problems = await captureProblems(calibration, softmax, gelu, images, s, session, headsOf);
   const report: AdaLogReport = {
     method: 'adalog',
     hardware: s.hardware,
     softmax: [],
     gelu: [],
     candidates: 0,
+    perHead: heads.map((g) => g.setting.roles[0] ?? g.setting.value),
     seconds: 0,
   };
   const chosen = new Map<string, AdaLogQuantizer>();
@@ -181,14 +236,18 @@ export async function quantizeAdaLog(
     `AdaLog W${weightBits}A${activationBits}: ${softmax.length} softmax and ${gelu.length} GELU quantizers searched (${report.candidates} GELU candidates), ${report.seconds.toFixed(1)} s`,
   );
 
-  const replacements = [...softmax, ...gelu].map((setting) => ({
-    setting,
-    tag: 'adalog',
-    chain: (value: string, prefix: string) =>
-      adaLogFakeQuantCommands(value, prefix, chosen.get(setting.value)!),
-  }));
+  const replacements = [
+    ...[...softmax, ...gelu].map((setting) => ({
+      setting,
+      tag: 'adalog',
+      chain: (value: string, prefix: string) =>
+        adaLogFakeQuantCommands(value, prefix, chosen.get(setting.value)!),
+    })),
+    ...heads.map(headReplacement),
+  ];
+  const weighted = await replacedWeights(calibration, images, s.weights, replacements, run);
   const context = `AdaLog W${weightBits}A${activationBits} simulated quantization`;
-  const result = insertWithReplacements(calibration, replacements, context);
+  const result = insertWithReplacements(weighted, replacements, context);
   return { model: result.model, report: { ...result.report, adalog: report } };
 }
 
@@ -223,6 +282,7 @@ async function captureProblems(
   images: readonly CaptureBatch[],
   s: z.output<typeof adaLogOptionsSchema>,
   session: SessionOptions,
+  headsOf: ReadonlyMap<string, HeadGrids>,
 ): Promise<Problems> {
   const blocks = calibration.structure.blocks;
   const valueOf = new Map(
@@ -284,7 +344,10 @@ async function captureProblems(
     const vFloat = concat(vs.get(vValue)!);
     const n = p.rows[0]!.length;
     const d = vFloat.length / (p.groups * n);
-    const vQuantized = applyAffine(vFloat, byValue.get(vValue));
+    const grids = headsOf.get(vValue);
+    const vQuantized = grids
+      ? applyHeadGrids(vFloat, grids, vFloat.length / p.groups)
+      : applyAffine(vFloat, byValue.get(vValue));
     const pData = Float32Array.from(p.rows.flat());
     const group = Int32Array.from(p.group);
     const reference = attentionReference(pData, group, vFloat, n, d);

@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import type { Reporting } from '../../log.js';
 import type { SessionOptions } from '../../runtime/session.js';
-import type { SkippedLayerReport } from './gptq-types.js';
+import type { ReplacedActivations, SkippedLayerReport } from './gptq-types.js';
 
 /** ERQ's candidate percentiles of the weight grids re-initialised after Aqer (notes §13 (2)). */
 export const erqWeightPercentiles: readonly number[] = [
@@ -30,7 +30,10 @@ export const erqOptionsSchema = z.strictObject({
     .default([...erqWeightPercentiles]),
 });
 
-export type ErqOptions = z.input<typeof erqOptionsSchema> & Reporting & SessionOptions;
+export type ErqOptions = z.input<typeof erqOptionsSchema> &
+  Reporting &
+  SessionOptions &
+  ReplacedActivations;
 export type ErqSettings = z.output<typeof erqOptionsSchema>;
 
 /**

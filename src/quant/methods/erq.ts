@@ -7,7 +7,8 @@
  * float model gives, for every layer, its float input X and that input through the layer's own
  * activation quantizer, X̃ = Q_a(X); a probe concatenates [X̃, X] so that one Gram reduced in
  * onnxruntime holds X̃ᵀX̃, X̃ᵀX and XᵀX. The activation quantizers stay as RepQ-ViT calibrated
- * them.
+ * them, or as another method replaced them (`options.replacements`: AdaLog's GELU quantizer
+ * before fc2), so that Aqer corrects for the error of the grid the final model uses.
  *
  * Left out of the published method: the TPAMI version's two-part weight quantizer for qkv and fc1
  * (outlier input columns on a grid of their own), which a plain per-channel weight op cannot
@@ -46,6 +47,7 @@ import {
 import { gramsOf, planStages, weightRows, writeWeightCommands } from './gptq-layers.js';
 import { roundRows, usable } from './gptq.js';
 import type { SkippedLayerReport } from './gptq-types.js';
+import { chainFor, type Replacement } from './replacement-chains.js';
 import type { RepQCalibration } from './repq-types.js';
 import { parseMethodOptions, splitRunOptions } from './method-options.js';
 
@@ -62,8 +64,9 @@ export async function erqWeights(
   images: Batches,
   options: ErqOptions = {},
 ): Promise<RepQCalibration> {
-  const { run, rest } = splitRunOptions(options);
+  const { run, rest: withReplacements } = splitRunOptions(options);
   const { logger, onProgress, threads, optimization } = run;
+  const { replacements = [], ...rest } = withReplacements;
   const settings = parseErqSettings(rest);
   const session = { optimization: optimization ?? 'basic', ...(threads ? { threads } : {}) };
   const started = performance.now();
@@ -77,7 +80,7 @@ export async function erqWeights(
   const stage = 'ERQ weights';
   onProgress({ status: 'start', stage, total: layers.length });
 
-  const { model: probe, values } = probeModel(calibration, layers);
+  const { model: probe, values } = probeModel(calibration, layers, replacements);
   const moments = await gramsOf(probe, calibration.structure.input, values, held, session);
   const names = new NamePrefixes(index);
   const commands: Command[] = [];
@@ -127,8 +130,13 @@ export function parseErqSettings(value: unknown): ErqSettings {
 /**
  * The float model with, for each layer's input x, a tap [Q_a(x), x] (the layer's quantizer on an
  * Identity of x, so that the float data flow is untouched); `values` are the taps, by layer.
+ * Where a replacement's chain quantizes x, the Identity reads that chain's output.
  */
-function probeModel(calibration: RepQCalibration, layers: readonly WeightSetting[]) {
+function probeModel(
+  calibration: RepQCalibration,
+  layers: readonly WeightSetting[],
+  replacements: readonly Replacement[],
+) {
   const index = new GraphIndex(calibration.model);
   const names = new NamePrefixes(index);
   const commands: Command[] = [];
@@ -168,6 +176,21 @@ function probeModel(calibration: RepQCalibration, layers: readonly WeightSetting
   const tappedNames = new NamePrefixes(tappedIndex);
   const quantize: Command[] = [];
   for (const { identity, layer } of taps.values()) {
+    const replacement = replacements.find(
+      (r) => r.setting.value === layer.input && r.setting.nodes.includes(layer.node),
+    );
+    if (replacement) {
+      const { setting, tag, chain } = replacement;
+      const built = chainFor(tappedNames, setting, tag, chain);
+      const rewire: Command = {
+        kind: 'setNodeInput',
+        node: identity,
+        index: 0,
+        value: built.output,
+      };
+      quantize.push(...built.commands, rewire);
+      continue;
+    }
     const quantizer = findQuantizer(calibration.quantizers.activations, layer);
     if (!quantizer) continue;
     const setting: ActivationSetting = { ...quantizer, nodes: [identity] };

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import type { Reporting } from '../../log.js';
 import type { SessionOptions } from '../../runtime/session.js';
+import type { Replacement } from './replacement-chains.js';
 
 export const gptqOptionsSchema = z.strictObject({
   /** λ = dampening · mean(diag H) added to the Gram's diagonal (GPTQ: 1 %). */
@@ -15,7 +16,18 @@ export const gptqOptionsSchema = z.strictObject({
   actOrder: z.boolean().default(false),
 });
 
-export type GptqOptions = z.input<typeof gptqOptionsSchema> & Reporting & SessionOptions;
+/**
+ * Activation quantizers of another method (AdaLog's, I&S-ViT's) standing in for RepQ-ViT's:
+ * the weight methods then correct for the inputs the final model really reads.
+ */
+export interface ReplacedActivations {
+  replacements?: readonly Replacement[];
+}
+
+export type GptqOptions = z.input<typeof gptqOptionsSchema> &
+  Reporting &
+  SessionOptions &
+  ReplacedActivations;
 export type GptqSettings = z.output<typeof gptqOptionsSchema>;
 
 /** One layer's proxy losses tr((W − Ŵ)ᵀ H (W − Ŵ)) relative to tr(Wᵀ H W). */

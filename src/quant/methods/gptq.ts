@@ -4,7 +4,8 @@
  * RepQ-ViT's activation quantizers and per-output-channel weight grids stay as calibrated; only
  * the weight values change: each linear layer is swept by gptq-math.ts on its own grid, with
  * H = Σ x̃x̃ᵀ the Gram of what the layer reads in the simulated model — its input after the
- * activation quantizer, with every earlier block already carrying its GPTQ weights. As GPTQ does,
+ * activation quantizer (or the chain that replaces it, `options.replacements`), with every
+ * earlier block already carrying its GPTQ weights. As GPTQ does,
  * the stages (patch embedding, each block, the head) are visited in order and the layers of one
  * stage share one pass.
  *
@@ -16,7 +17,7 @@
 import { applyCommands, type Command } from '../../graph/commands.js';
 import { GraphIndex } from '../../graph/graph.js';
 import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
-import { insertQuantizers, NamePrefixes, type WeightSetting } from '../quantizer-commands.js';
+import { NamePrefixes, type WeightSetting } from '../quantizer-commands.js';
 import { intRange } from '../uniform.js';
 import { gptqLayer, gridValue, proxyLoss } from './gptq-math.js';
 import {
@@ -35,6 +36,7 @@ import {
   type SkippedLayerReport,
   type WeightLayerReport,
 } from './gptq-types.js';
+import { simulateWithReplacements } from './replacement-chains.js';
 import type { RepQCalibration } from './repq-types.js';
 import { parseMethodOptions, splitRunOptions } from './method-options.js';
 
@@ -52,8 +54,9 @@ export async function gptqWeights(
   images: Batches,
   options: GptqOptions = {},
 ): Promise<RepQCalibration> {
-  const { run, rest } = splitRunOptions(options);
+  const { run, rest: withReplacements } = splitRunOptions(options);
   const { logger, onProgress, threads, optimization } = run;
+  const { replacements = [], ...rest } = withReplacements;
   const settings = parseGptqSettings(rest);
   const session = { optimization: optimization ?? 'basic', ...(threads ? { threads } : {}) };
   const started = performance.now();
@@ -71,7 +74,12 @@ export async function gptqWeights(
     const matrices = usable(plans, original, skipped);
     if (matrices.length > 0) {
       // the Gram of what each layer reads, with every earlier stage's GPTQ weights in place
-      const simulated = insertQuantizers(model, calibration.quantizers, 'GPTQ Hessian pass');
+      const simulated = simulateWithReplacements(
+        model,
+        calibration.quantizers,
+        replacements,
+        'GPTQ Hessian pass',
+      );
       const simIndex = new GraphIndex(simulated);
       const values = matrices.map((w) => readValue(simIndex, original, w.layer));
       const grams = await gramsOf(simulated, calibration.structure.input, values, held, session);

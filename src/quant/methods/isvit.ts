@@ -23,7 +23,12 @@ import {
   type ShiftLogQuantizer,
 } from '../shift-log.js';
 import { calibrateRepQ, type RepQResult } from './repq.js';
-import { captureFloat, insertWithReplacements, settingsWithRole } from './replaced-quantizers.js';
+import {
+  captureFloat,
+  insertWithReplacements,
+  replacedWeights,
+  settingsWithRole,
+} from './replaced-quantizers.js';
 
 const bits = z.number().int().min(2).max(8);
 
@@ -32,6 +37,8 @@ export const isVitOptionsSchema = z.strictObject({
   activationBits: bits,
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
+  /** Weight values on RepQ-ViT's grids (round to nearest, GPTQ, ERQ), as for AdaLog. */
+  weights: z.enum(['rtn', 'gptq', 'erq']).default('rtn'),
   /** Probabilities per softmax output scored by the shift search (an even stride). */
   samplesPerTensor: z.number().int().min(1024).default(262144),
 });
@@ -130,8 +137,9 @@ export async function quantizeIsVit(
     chain: (value: string, prefix: string) =>
       shiftLogFakeQuantCommands(value, prefix, chosen.get(setting.value)!),
   }));
+  const weighted = await replacedWeights(calibration, images, s.weights, replacements, run);
   const context = `I&S-ViT W${weightBits}A${activationBits} simulated quantization`;
-  const result = insertWithReplacements(calibration, replacements, context);
+  const result = insertWithReplacements(weighted, replacements, context);
   return { model: result.model, report: { ...result.report, isvit: report } };
 }
 

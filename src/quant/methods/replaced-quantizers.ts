@@ -2,30 +2,21 @@
  * A RepQ-ViT calibration with some of its activation quantizers replaced by quantizers of
  * another family (AdaLog's, I&S-ViT's): the kept quantizers and the weights are written by
  * `insertRepQQuantizers`, then each replaced value gets its own fake-quant chain on the edges
- * into the nodes that RepQ-ViT quantized. The calibration's model is not modified.
+ * into the nodes that RepQ-ViT quantized. The weights may be GPTQ's or ERQ's, solved for the
+ * inputs as the replacing chains quantize them. The calibration's model is not modified.
  */
 import type { ModelProto } from 'onnx-buf';
-import { applyCommands, type Command } from '../../graph/commands.js';
-import { GraphIndex } from '../../graph/graph.js';
-import { UnsupportedModelError } from '../../errors.js';
 import { capture, type CaptureBatch } from '../../runtime/capture.js';
+import type { Reporting } from '../../log.js';
 import type { SessionOptions } from '../../runtime/session.js';
-import { NamePrefixes, type ActivationSetting } from '../quantizer-commands.js';
+import type { ActivationSetting } from '../quantizer-commands.js';
+import { addChains, keptActivations, type Replacement } from './replacement-chains.js';
+import { erqWeights } from './erq.js';
+import { gptqWeights } from './gptq.js';
 import { insertRepQQuantizers, type RepQCalibration, type RepQResult } from './repq.js';
+import type { RepQSettings } from './repq-types.js';
 
-/** The commands of one fake-quant chain reading `value`; the result is `output`. */
-export type ChainBuilder = (
-  value: string,
-  prefix: string,
-) => { commands: Command[]; output: string };
-
-/** A replaced activation: RepQ-ViT's setting (value, roles, reading nodes) and the new chain. */
-export interface Replacement {
-  setting: ActivationSetting;
-  /** The name under which the chain's nodes are added, e.g. `adalog`. */
-  tag: string;
-  chain: ChainBuilder;
-}
+export type { ChainBuilder, Replacement } from './replacement-chains.js';
 
 /** The fake-quant model of `calibration` with `replacements` in place of RepQ-ViT's chains. */
 export function insertWithReplacements(
@@ -33,43 +24,39 @@ export function insertWithReplacements(
   replacements: readonly Replacement[],
   context: string,
 ): RepQResult {
-  const replaced = new Set(replacements.map((r) => r.setting.value));
-  const activations = calibration.quantizers.activations.filter((s) => !replaced.has(s.value));
+  const activations = keptActivations(calibration.quantizers.activations, replacements);
   const base = insertRepQQuantizers({
     ...calibration,
     quantizers: { ...calibration.quantizers, activations },
   });
-  const index = new GraphIndex(base.model);
-  const names = new NamePrefixes(index);
-  const commands: Command[] = [];
-  for (const { setting, tag, chain } of replacements) {
-    const prefix = names.prefix(`vitslim/${tag}/${setting.roles[0] ?? setting.value}`);
-    const built = chain(setting.value, prefix);
-    commands.push(...built.commands);
-    for (const node of setting.nodes) commands.push(...rewire(index, node, setting, built.output));
-  }
-  const model = applyCommands(base.model, commands, { removeUnused: true, context });
+  const model = addChains(base.model, replacements, context);
+  const kept = new Set(activations.map((a) => a.value));
   const report = {
     ...base.report,
-    activations: base.report.activations.filter((a) => !replaced.has(a.value)),
+    activations: base.report.activations.filter((a) => kept.has(a.value)),
   };
   return { model, report };
 }
 
-function rewire(index: GraphIndex, node: string, setting: ActivationSetting, output: string) {
-  const commands: Command[] = [];
-  index.node(node).input.forEach((input, slot) => {
-    if (input === setting.value) {
-      commands.push({ kind: 'setNodeInput', node, index: slot, value: output });
-    }
-  });
-  if (commands.length === 0) {
-    throw new UnsupportedModelError(
-      `${setting.roles.join(', ')}: node ${node} does not read ${setting.value}`,
-      node,
-    );
+/**
+ * The calibration with the weight values of `weights` (as is for 'rtn'), GPTQ's Hessians and
+ * ERQ's statistics taken on the inputs as the replacements quantize them.
+ */
+export async function replacedWeights(
+  calibration: RepQCalibration,
+  images: readonly CaptureBatch[],
+  weights: RepQSettings['weights'],
+  replacements: readonly Replacement[],
+  run: Reporting & SessionOptions,
+): Promise<RepQCalibration> {
+  switch (weights) {
+    case 'rtn':
+      return calibration;
+    case 'gptq':
+      return gptqWeights(calibration, images, { ...run, replacements });
+    case 'erq':
+      return erqWeights(calibration, images, { ...run, replacements });
   }
-  return commands;
 }
 
 /** The settings whose roles end with `suffix` (e.g. `.attn.softmax`, `.mlp.fc2.input`). */

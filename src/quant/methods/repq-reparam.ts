@@ -36,6 +36,17 @@ import type { RepQNormReport } from './repq-types.js';
 export interface NormFold {
   norm: NormLayer;
   targets: LinearLayer[];
+  /**
+   * The value the targets read, calibrated per channel, when not the norm output itself: the
+   * class token or token mean of the final norm's output, which the head reads. Selecting or
+   * averaging tokens commutes with a per-channel scale and offset, so the fold stays exact.
+   */
+  pooled?: { node: string; value: string };
+}
+
+/** The value a fold's per-channel grid quantizes. */
+export function foldValue(fold: NormFold): string {
+  return fold.pooled?.value ?? fold.norm.output;
 }
 
 /** The per-tensor grid replacing a per-channel one, and the rewrite that makes it exact. */
@@ -50,17 +61,21 @@ export interface Reparameterisation {
 
 /**
  * The LayerNorms to fold whose output is quantized (norm1 into qkv or q, k and v; norm2 into
- * fc1), by output value, and a report line for each, saying why where one cannot be folded.
+ * fc1; with `finalNorm`, the final norm into the head through its pooling), by the quantized
+ * value, and a report line for each, saying why where one cannot be folded.
  */
 export function planFolds(
   index: GraphIndex,
   structure: ViTStructure,
   quantized: ReadonlySet<string>,
+  finalNorm = false,
 ): { folds: Map<string, NormFold>; norms: RepQNormReport[] } {
   const folds = new Map<string, NormFold>();
   const norms: RepQNormReport[] = [];
-  for (const fold of structure.blocks.flatMap(blockFolds)) {
-    if (!quantized.has(fold.norm.output)) continue;
+  const planned = structure.blocks.flatMap(blockFolds);
+  if (finalNorm) planned.push(...headFold(structure));
+  for (const fold of planned) {
+    if (!quantized.has(foldValue(fold))) continue;
     const reason = foldProblem(index, fold);
     const targets = fold.targets.map((t) => t.role);
     norms.push({
@@ -69,9 +84,16 @@ export function planFolds(
       reparameterised: !reason,
       ...(reason ? { reason } : {}),
     });
-    if (!reason) folds.set(fold.norm.output, fold);
+    if (!reason) folds.set(foldValue(fold), fold);
   }
   return { folds, norms };
+}
+
+/** The final norm into the head, through the class-token or mean pooling between them. */
+function headFold(structure: ViTStructure): NormFold[] {
+  const { finalNorm, pooling, preLogits, head } = structure;
+  if (!finalNorm || !pooling || preLogits) return [];
+  return [{ norm: finalNorm, targets: [head], pooled: { node: pooling.node, value: head.input } }];
 }
 
 function blockFolds(block: BlockMap): NormFold[] {
@@ -97,10 +119,21 @@ export function foldProblem(index: GraphIndex, fold: NormFold): string | undefin
     .filter((n) => !shapeReaders.has(n.opType))
     .map((n) => n.name);
   const targets = new Set(fold.targets.map((t) => t.node));
+  const value = foldValue(fold);
+  if (fold.pooled) {
+    const pool = index.node(fold.pooled.node);
+    if (pool.input[0] !== fold.norm.output || pool.output[0] !== value) {
+      return `pooling node ${pool.name} does not read the norm output into ${value}`;
+    }
+    targets.add(pool.name);
+    const poolReaders = index.consumersOf(value).filter((n) => !shapeReaders.has(n.opType));
+    const extra = poolReaders.find((n) => !fold.targets.some((t) => t.node === n.name));
+    if (extra) return `node ${extra.name} also reads ${value}`;
+  }
   const other = readers.find((r) => !targets.has(r));
   if (other) return `node ${other} also reads the norm output`;
   if (index.isGraphOutput(fold.norm.output)) return 'the norm output is a graph output';
-  const conv = fold.targets.find((t) => t.opType === 'Conv' || t.input !== fold.norm.output);
+  const conv = fold.targets.find((t) => t.opType === 'Conv' || t.input !== value);
   if (conv) return `${conv.role} is not a MatMul/Gemm reading the norm output`;
   for (const name of [fold.norm.scale, fold.norm.bias]) {
     const dims = index.constantDims(name);

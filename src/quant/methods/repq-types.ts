@@ -34,6 +34,11 @@ export const repqOptionsSchema = z.strictObject({
    * (seeds 1, 2: 32.0, 33.2), mean 80.2 / 78.4 / 28.0 (30.2, 32.4).
    */
   zeroPoint: z.enum(['mean', 'rounded']).default('rounded'),
+  /**
+   * Also calibrate the head's input per channel and fold it into the final LayerNorm, as the
+   * block norms are (RepQ-ViT folds only those; its head input keeps one per-tensor grid).
+   */
+  foldFinalNorm: z.boolean().default(false),
   /** Selectors of points kept in float (see quant-points.ts). */
   keepFloat: z.array(z.string()).default([]),
   /**

@@ -118,7 +118,8 @@ export async function calibrateRepQ(
   const index = new GraphIndex(model);
   const { points, kept } = excludePoints(quantPoints(structure), settings.keepFloat);
   const groups = groupPoints(points.activations);
-  const { folds, norms } = planFolds(index, structure, new Set(groups.map((g) => g.value)));
+  const quantized = new Set(groups.map((g) => g.value));
+  const { folds, norms } = planFolds(index, structure, quantized, settings.foldFinalNorm);
 
   // pass 1: weights from their original values, then activations sequentially in graph order
   const weights = points.weights.map((p) => weightSetting(index, p, settings));
