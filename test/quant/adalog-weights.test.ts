@@ -7,7 +7,7 @@
 import type { ModelProto } from 'onnx-buf';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GraphIndex } from '../../src/graph/graph.js';
-import { loadModel } from '../../src/onnx/model-io.js';
+import { loadModel, serializeModel } from '../../src/onnx/model-io.js';
 import {
   adaLogUniformPercentiles,
   quantizeAdaLog,
@@ -70,6 +70,17 @@ describe('AdaLog with ERQ and GPTQ weights on the MNIST ViT', () => {
   });
 
   const weightOf = (key: string, name: string) => constant(results.get(key)!.model, name);
+
+  it('gives a byte-identical model when run again on the same images (the recipes’ method)', async () => {
+    const calib = await fixtureImages(vitMnist, mnistDir, 1000, 32);
+    const again = await quantizeAdaLog(model, structure, calib.batches(16), {
+      ...bits,
+      ...quick,
+      weights: 'erq',
+    });
+    const first = serializeModel(results.get('adalog-erq')!.model);
+    expect(Buffer.from(serializeModel(again.model)).equals(Buffer.from(first))).toBe(true);
+  });
 
   it('reports the weight method and writes weights other than rounding to nearest', () => {
     const fc2 = structure.blocks[0]!.mlp.fc2;
