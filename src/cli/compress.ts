@@ -18,6 +18,10 @@ import { addPreprocessFlags, addRunFlags, pick, preprocessOverrides } from './sh
 const quantizeKeys = [
   'recipe',
   'method',
+  'weights',
+  'fpFormat',
+  'noisyQuant',
+  'weightRange',
   'bits',
   'observer',
   'weightObserver',
@@ -31,6 +35,12 @@ const quantizeKeys = [
 
 /** Splits a recipe file's keys between the two schemas; keys neither knows go to pruning. */
 function splitRecipe(fromFile: Record<string, unknown>) {
+  // the `options` of a compress report.json: already split
+  const nested = (v: unknown): v is Record<string, unknown> =>
+    typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (nested(fromFile.prune) && nested(fromFile.quantize) && Object.keys(fromFile).length === 2) {
+    return { quantize: fromFile.quantize, prune: fromFile.prune };
+  }
   const quantize: Record<string, unknown> = {};
   const prune: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(fromFile)) {
@@ -50,9 +60,20 @@ export function registerCompress(program: Command, context: () => CliContext): v
       '-o, --out <dir>',
       'output folder: model.onnx, config.json, report.json, report.md',
     )
-    .option('--recipe <name>', 'deployable recipe: w8a8 | dynamic-int8 | int4-weights')
+    .option(
+      '--recipe <name>',
+      'deployable: w8a8 | dynamic-int8 | int4-weights; simulated, the best measured ' +
+        'method: w6a6 | w4a8 | w4a4 | w3a3',
+    )
     .option('--bits <WxAy>', 'simulated (fake-quant) bit widths, e.g. w4a4, w6a6, w8a8')
-    .option('--method <name>', 'simulated method with --bits: baseline | repq')
+    .option(
+      '--method <name>',
+      'as in quantize: baseline | repq | ptq4vit | fqvit | fp | adalog | isvit',
+    )
+    .option('--weights <how>', 'as in quantize: rtn | gptq | erq')
+    .option('--fp-format <f>', 'float format of --method fp, as in quantize')
+    .option('--noisy-quant', 'PTQ4ViT with NoisyQuant noise, as in quantize')
+    .option('--weight-range <grid>', 'int8 weights of a deployable recipe: reduced | full')
     .option('--observer <kind>', 'activation ranges: minmax | percentile | mse | omse')
     .option('--weight-observer <kind>', 'weight ranges: minmax | percentile | mse | omse')
     .option('--percentile <p>', 'percentile of the percentile observer (default 99.99)')

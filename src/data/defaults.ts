@@ -43,8 +43,9 @@ export function findDefaults(root = packageRoot()): Defaults {
       val: join(images, 'imagenet-val-500'),
       classes: join(images, 'imagenet_classes.tsv'),
       description:
-        'ViT-Tiny/16 (ImageNet-1k) from ../shared/fixtures: calibration on 256 ImageNet ' +
-        'images of another split, evaluation on 500 ImageNet validation images',
+        'ViT-Tiny/16 (ImageNet-1k) from ../shared/fixtures: calibration on a sample of the ' +
+        '256 images of imagenet-calib-256 (another split), evaluation on 500 ImageNet ' +
+        'validation images',
     };
   }
   const assets = join(root, 'assets');
@@ -54,7 +55,7 @@ export function findDefaults(root = packageRoot()): Defaults {
     calib: join(assets, 'mnist-calib-256'),
     val: join(assets, 'mnist-1k'),
     description:
-      'embedded MNIST ViT (no ../shared/fixtures here): calibration on MNIST test digits ' +
-      '1000–1255, evaluation on test digits 0–999',
+      'embedded MNIST ViT (no ../shared/fixtures here): calibration on a sample of MNIST ' +
+      'test digits 1000–1255, evaluation on test digits 0–999',
   };
 }

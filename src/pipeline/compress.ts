@@ -71,6 +71,16 @@ export async function compressModel(
         'recognised by the exporters; use vitslim prune --rank alone',
     );
   }
+  const q = request.quantize;
+  if (request.prune.tokens !== undefined && (q.bits !== undefined || q.method !== 'baseline')) {
+    // the methods recognise each block's LayerNorm, attention and MLP; the merge or drop nodes
+    // of token reduction sit between them, so only the recipes' own calibration applies
+    throw new InputError(
+      '--tokens can be stacked with a deployable --recipe (w8a8, dynamic-int8, int4-weights) ' +
+        'only: a --bits or --method quantizer needs the plain ViT blocks that token reduction ' +
+        'rewrites',
+    );
+  }
   const started = performance.now();
   const pruned = await pruneStages({ source, options: request.prune, run, preprocess }, reporting);
   const prunedBytes = serializeModel(pruned.model);

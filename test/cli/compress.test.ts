@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fromBinary } from '@bufbuild/protobuf';
@@ -111,15 +111,35 @@ describe('vitslim compress', () => {
     const result = await session.run({ [session.inputNames[0]!]: input });
     expect(result[session.outputNames[0]!]!.dims).toEqual([1, 10]);
     await session.release();
+
+    // the report's options, given back as a recipe file, make the same model again
+    const options = (
+      JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as {
+        options: unknown;
+      }
+    ).options;
+    const file = join(out, '..', 'options.json');
+    await writeFile(file, JSON.stringify(options));
+    const again = join(out, '..', 'again');
+    const rerun = await vitslim(['compress', vitMnist, '--config', file, '-q', '-o', again]);
+    expect(rerun.code).toBe(0);
+    expect(await sha256(join(again, 'model.onnx'))).toBe(await sha256(join(out, 'model.onnx')));
   });
 
-  it('refuses a bad quantize flag, a missing recipe and low rank in one line each', async () => {
+  it('refuses a bad quantize flag, a missing recipe, low rank and tokens with a simulated method', async () => {
     const out = join(await mkdtemp(join(tmpdir(), 'vitslim-compress-')), 'out');
-    const [noRecipe, badBits, rank] = await Promise.all([
+    const calib = ['--calib', mnistCalib];
+    const [noRecipe, badBits, rank, tokens] = await Promise.all([
       vitslim(['compress', vitMnist, '--mlp', '0.3', '-o', out]),
       vitslim(['compress', vitMnist, '--mlp', '0.3', '--bits', 'w9a9', '-o', out]),
       vitslim(['compress', vitMnist, '--rank', '0.5', '--recipe', 'dynamic-int8', '-o', out]),
+      vitslim(['compress', vitMnist, '--tokens', 'tome:2', '--bits', 'w4a4', ...calib, '-o', out]),
     ]);
+    expect(tokens.code).toBe(1);
+    expect(errorLines(tokens.stderr)).toEqual([
+      expect.stringMatching(/--tokens can be stacked with a deployable --recipe/),
+    ]);
+    await expect(stat(out)).rejects.toThrow();
     expect(noRecipe.code).toBe(1);
     expect(errorLines(noRecipe.stderr)).toHaveLength(1);
     expect(errorLines(noRecipe.stderr)[0]).toMatch(/--recipe.*--bits/);
