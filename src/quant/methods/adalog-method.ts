@@ -22,9 +22,8 @@
  */
 import type { ModelProto } from 'onnx-buf';
 import { z } from 'zod';
-import { InputError } from '../../errors.js';
 import { GraphIndex } from '../../graph/graph.js';
-import { noProgress, silentLogger, type Reporting } from '../../log.js';
+import type { Reporting } from '../../log.js';
 import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import type { ViTStructure } from '../../vit/types.js';
@@ -62,6 +61,7 @@ import {
   replacedWeights,
   settingsWithRole,
 } from './replaced-quantizers.js';
+import { parseMethodOptions, splitRunOptions } from './method-options.js';
 
 const bits = z.number().int().min(2).max(8);
 
@@ -162,24 +162,11 @@ export async function quantizeAdaLog(
   batches: Batches,
   options: AdaLogOptions,
 ): Promise<AdaLogResult> {
-  const {
-    logger = silentLogger,
-    onProgress = noProgress,
-    threads,
-    optimization,
-    ...rest
-  } = options;
-  const parsed = adaLogOptionsSchema.safeParse(rest);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map(
-      (i) => `${i.path.join('.') || '(root)'}: ${i.message}`,
-    );
-    throw new InputError(`invalid AdaLog options: ${problems.join('; ')}`);
-  }
-  const s = parsed.data;
+  const { run, rest } = splitRunOptions(options);
+  const s = parseMethodOptions(adaLogOptionsSchema, rest, 'AdaLog');
+  const { logger, onProgress, threads, optimization } = run;
   const images = await holdImages(batches);
   const { weightBits, activationBits, keepFloat } = s;
-  const run = { logger, onProgress, threads, optimization };
   const calibration = await calibrateRepQ(model, structure, images, {
     weightBits,
     activationBits,

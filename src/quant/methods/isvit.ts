@@ -11,8 +11,7 @@
  */
 import type { ModelProto } from 'onnx-buf';
 import { z } from 'zod';
-import { InputError } from '../../errors.js';
-import { noProgress, silentLogger, type Reporting } from '../../log.js';
+import type { Reporting } from '../../log.js';
 import { holdImages, type CaptureBatch } from '../../runtime/capture.js';
 import type { SessionOptions } from '../../runtime/session.js';
 import type { ViTStructure } from '../../vit/types.js';
@@ -29,6 +28,7 @@ import {
   replacedWeights,
   settingsWithRole,
 } from './replaced-quantizers.js';
+import { parseMethodOptions, splitRunOptions } from './method-options.js';
 
 const bits = z.number().int().min(2).max(8);
 
@@ -74,24 +74,11 @@ export async function quantizeIsVit(
   batches: Batches,
   options: IsVitOptions,
 ): Promise<IsVitResult> {
-  const {
-    logger = silentLogger,
-    onProgress = noProgress,
-    threads,
-    optimization,
-    ...rest
-  } = options;
-  const parsed = isVitOptionsSchema.safeParse(rest);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map(
-      (i) => `${i.path.join('.') || '(root)'}: ${i.message}`,
-    );
-    throw new InputError(`invalid I&S-ViT options: ${problems.join('; ')}`);
-  }
-  const s = parsed.data;
+  const { run, rest } = splitRunOptions(options);
+  const s = parseMethodOptions(isVitOptionsSchema, rest, 'I&S-ViT');
+  const { logger, threads, optimization } = run;
   const images = await holdImages(batches);
   const { weightBits, activationBits, keepFloat } = s;
-  const run = { logger, onProgress, threads, optimization };
   const calibration = await calibrateRepQ(model, structure, images, {
     weightBits,
     activationBits,
