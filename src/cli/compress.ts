@@ -120,7 +120,7 @@ export function registerCompress(program: Command, context: () => CliContext): v
         ],
         flags.force === true,
       );
-      ctx.print(summaryLine(out, report));
+      ctx.done(summaryLine(out, report));
     },
   );
 }

@@ -18,7 +18,10 @@ import { registerCompress } from './compress.js';
 export interface CliContext {
   logger: Logger;
   onProgress: ReturnType<typeof progressRenderer>;
+  /** The result a command was asked for (eval's report, inspect's structure): always printed. */
   print: (text: string) => void;
+  /** The closing line of a command that writes an output folder: not printed with --quiet. */
+  done: (text: string) => void;
 }
 
 export const exitCodes = { ok: 0, error: 1, usage: 2, unsupported: 3, internal: 70 } as const;
@@ -26,10 +29,12 @@ export const exitCodes = { ok: 0, error: 1, usage: 2, unsupported: 3, internal: 
 function context(program: Command): CliContext {
   const { quiet, verbose } = program.opts<{ quiet?: boolean; verbose?: boolean }>();
   const level: LogLevel = quiet ? 'error' : verbose ? 'debug' : 'info';
+  const print = (text: string) => process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
   return {
     logger: createLogger(level, (line) => process.stderr.write(`${line}\n`)),
     onProgress: progressRenderer(!quiet && process.stderr.isTTY === true),
-    print: (text) => process.stdout.write(text.endsWith('\n') ? text : `${text}\n`),
+    print,
+    done: quiet ? () => {} : print,
   };
 }
 
@@ -37,7 +42,7 @@ export function buildProgram(): Command {
   const program = new Command('vitslim')
     .description('Compress trained vision transformers (ONNX) and prove the result on real images')
     .version(vitslimVersion)
-    .option('-q, --quiet', 'only print errors')
+    .option('-q, --quiet', 'print only errors (eval and inspect still print their report)')
     .option('--verbose', 'debug logging and stack traces')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });

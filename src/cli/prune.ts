@@ -166,7 +166,7 @@ export function registerPrune(program: Command, context: () => CliContext): void
         ],
         flags.force === true,
       );
-      ctx.print(summaryLine(out, report));
+      ctx.done(summaryLine(out, report));
     },
   );
 }

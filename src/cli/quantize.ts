@@ -149,7 +149,7 @@ export function registerQuantize(program: Command, context: () => CliContext): v
         ],
         flags.force === true,
       );
-      ctx.print(summaryLine(out, report));
+      ctx.done(summaryLine(out, report));
     },
   );
 }

@@ -173,3 +173,18 @@ describe('the CLI on bad input', () => {
     expect(errorLines(bad.stderr)[0]).toMatch(/--override.*"head=x8".*"x8"/);
   });
 });
+
+describe('the CLI on good input', () => {
+  it('prints nothing with -q, and the closing "wrote" line without it', async () => {
+    const dir = await workdir();
+    const args = ['quantize', vitMnist, '--recipe', 'dynamic-int8'];
+    const quiet = await vitslim(['-q', ...args, '-o', join(dir, 'quiet')]);
+    expect(quiet.code).toBe(0);
+    expect(quiet.stdout).toBe('');
+    expect(errorLines(quiet.stderr)).toEqual([]);
+    expect(existsSync(join(dir, 'quiet', 'model.onnx'))).toBe(true);
+    const loud = await vitslim([...args, '-o', join(dir, 'loud')]);
+    expect(loud.code).toBe(0);
+    expect(loud.stdout).toMatch(/^wrote .*loud\/model\.onnx/);
+  });
+});
