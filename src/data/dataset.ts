@@ -43,6 +43,8 @@ export interface Dataset {
   readonly size: number;
   readonly classNames?: string[];
   readonly numClasses: number;
+  /** Where the labels came from (labels file, class list, folder), for messages. */
+  readonly labelSource?: string;
   readonly preprocess: PreprocessConfig;
   readonly stats: DatasetStats;
   /** The images in order, `batchSize` at a time (the last batch may be smaller). */

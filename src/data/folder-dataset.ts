@@ -44,6 +44,8 @@ interface Listing {
   labels: Int32Array;
   numClasses: number;
   classNames?: string[];
+  /** The labels file, class list or folder the labels came from. */
+  labelSource?: string;
 }
 
 /** Opens an ImageNet-layout or flat image folder. */
@@ -67,6 +69,7 @@ export async function openImageFolder(
     name: basename(root),
     numClasses: items.numClasses,
     ...(items.classNames ? { classNames: items.classNames } : {}),
+    ...(items.labelSource ? { labelSource: items.labelSource } : {}),
     preprocess,
     logger: options.logger,
     strict: options.strict,
@@ -90,7 +93,12 @@ async function treeListing(root: string, options: OpenDatasetOptions): Promise<L
     }
     return index;
   });
-  return { ...listing, numClasses: classes.ids.length, classNames: classes.names };
+  return {
+    ...listing,
+    numClasses: classes.ids.length,
+    classNames: classes.names,
+    labelSource: classes.source,
+  };
 }
 
 /** Every image of each class folder, labelled with the folder's class index. */
@@ -128,7 +136,7 @@ async function folderOrderListing(
   }
   (options.logger ?? silentLogger).info(`${root}: no class list; classes are the sorted folders`);
   const listing = await listClassFolders(root, folders, (_, position) => position);
-  return { ...listing, numClasses: folders.length, classNames: folders };
+  return { ...listing, numClasses: folders.length, classNames: folders, labelSource: root };
 }
 
 /** A flat folder: labels from `labels.txt`/`labels.csv` when present, else unlabelled. */
@@ -167,7 +175,8 @@ async function flatListing(
     );
   }
   const labels = Int32Array.from(listing.images, (name) => resolved.byFile.get(name) ?? -1);
-  return { files, labels, numClasses: resolved.numClasses, classNames: resolved.classNames };
+  const { numClasses, classNames } = resolved;
+  return { files, labels, numClasses, classNames, labelSource: labelFile };
 }
 
 async function loadClassList(root: string, explicit?: string): Promise<ClassList | undefined> {

@@ -26,6 +26,7 @@ export interface ItemDatasetInit {
   name: string;
   numClasses: number;
   classNames?: string[];
+  labelSource?: string;
   preprocess: PreprocessConfig;
   logger?: Logger;
   strict?: boolean;
@@ -64,6 +65,7 @@ export class ItemDataset implements Dataset {
   readonly name: string;
   readonly numClasses: number;
   readonly classNames?: string[];
+  readonly labelSource?: string;
   readonly preprocess: PreprocessConfig;
   stats: DatasetStats = { decoded: 0, skipped: 0, skippedFiles: [] };
   private readonly logger: Logger;
@@ -79,6 +81,7 @@ export class ItemDataset implements Dataset {
     this.name = init.name;
     this.numClasses = init.numClasses;
     if (init.classNames) this.classNames = init.classNames;
+    if (init.labelSource) this.labelSource = init.labelSource;
     this.preprocess = init.preprocess;
     this.logger = init.logger ?? silentLogger;
     this.strict = init.strict ?? false;
@@ -146,6 +149,7 @@ export class ItemDataset implements Dataset {
       name: this.name,
       numClasses: this.numClasses,
       ...(this.classNames ? { classNames: this.classNames } : {}),
+      ...(this.labelSource ? { labelSource: this.labelSource } : {}),
       preprocess: this.preprocess,
       logger: this.logger,
       strict: this.strict,

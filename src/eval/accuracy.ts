@@ -13,6 +13,8 @@ export interface EvalBatch {
   dims: readonly number[];
   /** Class index per image, −1 when unlabelled. */
   labels: Int32Array;
+  /** The file of each image, for messages. */
+  files?: readonly string[];
 }
 
 export interface AccuracyResult {
@@ -33,6 +35,8 @@ export interface AccuracyOptions extends Reporting, SessionOptions {
   stage?: string;
   /** Total images, for progress. */
   total?: number;
+  /** The labels file or class list the labels came from, named when a label does not fit. */
+  labelSource?: string;
 }
 
 class Tally {
@@ -80,7 +84,13 @@ export async function evaluateAccuracy(
       for (let r = 0; r < rows; r++) {
         const label = batch.labels[r] ?? -1;
         if (label >= classes) {
-          throw new InputError(`label ${label} is outside the model's ${classes} classes`);
+          const file = batch.files?.[r];
+          const source = options.labelSource;
+          throw new InputError(
+            `label ${label}${file ? ` of ${file}` : ''}${source ? ` in ${source}` : ''} is ` +
+              `outside the model's ${classes} classes`,
+            source,
+          );
         }
         if (label >= 0) labelled++;
         ours.add(logits, classes, r, label);

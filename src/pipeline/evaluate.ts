@@ -83,7 +83,12 @@ export async function evaluate(
   const accuracy = await evaluateAccuracy(
     input.candidate.model,
     dataset.batches(input.batch, { stage: 'evaluation', onProgress: reporting.onProgress }),
-    { baseline: input.baseline?.model, threads: input.threads, total: dataset.size },
+    {
+      baseline: input.baseline?.model,
+      threads: input.threads,
+      total: dataset.size,
+      labelSource: dataset.labelSource,
+    },
   );
   if (accuracy.images === 0) {
     throw new InputError(`no readable image in ${input.data}`, input.data);

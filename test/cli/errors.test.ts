@@ -9,7 +9,7 @@ import { create } from '@bufbuild/protobuf';
 import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema } from 'onnx-buf';
 import { serializeModel } from '../../src/onnx/model-io.js';
 import { floatTensor } from '../../src/onnx/tensor.js';
-import { imagenetCalib, vitMnist } from '../fixtures.js';
+import { imagenetCalib, imagenetVal, vitMnist, vitTiny } from '../fixtures.js';
 import { errorLines, sha256, vitslim } from './helpers.js';
 
 const mnistCalib = 'assets/mnist-calib-256';
@@ -171,6 +171,25 @@ describe('the CLI on bad input', () => {
     const override = ['--bits', 'w4a4', '--override', 'head=x8', ...out];
     const bad = await vitslim(['quantize', vitMnist, ...override]);
     expect(errorLines(bad.stderr)[0]).toMatch(/--override.*"head=x8".*"x8"/);
+  });
+
+  it('names the labels file when a label is not one of the model classes', async () => {
+    const dir = await workdir();
+    const data = join(dir, 'flat');
+    await mkdir(data);
+    const synset = (await readdir(imagenetVal)).sort()[0]!;
+    const image = (await readdir(join(imagenetVal, synset))).sort()[0]!;
+    await copyFile(join(imagenetVal, synset, image), join(data, image));
+    // ViT-Tiny has 1000 classes: index 1500 names none of them
+    const labels = join(data, 'labels.txt');
+    await writeFile(labels, `${image}\t1500\n`);
+    const run = await vitslim(['eval', vitTiny.opset17, '--data', data, '--latency-runs', '0']);
+    expect(run.code).toBe(1);
+    const lines = errorLines(run.stderr);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(labels);
+    expect(lines[0]).toContain(image);
+    expect(lines[0]).toMatch(/1500.*1000 classes/);
   });
 });
 
