@@ -19,7 +19,7 @@ import {
   type ModelCounts,
   type PruneJobReport,
 } from './prune.js';
-import { quantizeModel, type QuantizeReport } from './quantize.js';
+import { checkKeepFloat, quantizeModel, type QuantizeReport } from './quantize.js';
 
 export interface CompressRequest {
   source: LoadedModel;
@@ -81,6 +81,8 @@ export async function compressModel(
         'rewrites',
     );
   }
+  // the pruned model keeps the roles of the input's layers: a typo fails before pruning
+  checkKeepFloat(source, request.quantize, 'roles');
   const started = performance.now();
   const pruned = await pruneStages({ source, options: request.prune, run, preprocess }, reporting);
   const prunedBytes = serializeModel(pruned.model);

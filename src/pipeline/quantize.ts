@@ -33,7 +33,12 @@ import { insertRepQQuantizers, quantizeRepQ, type RepQResult } from '../quant/me
 import { holdImages } from '../runtime/capture.js';
 import type { DeployLayerRow } from '../quant/deploy/types.js';
 import type { ActivationRanges } from '../quant/types.js';
-import { excludePoints, type KeptPoint } from '../quant/quant-points.js';
+import {
+  excludePoints,
+  parseLayerSelector,
+  quantPoints,
+  type KeptPoint,
+} from '../quant/quant-points.js';
 import { simulateQuantization, type SimulationReport } from '../quant/simulate.js';
 import { createSession } from '../runtime/session.js';
 import { calibrationSample } from './calibration.js';
@@ -97,6 +102,7 @@ export async function quantizeModel(
   const logger = reporting.logger ?? silentLogger;
   const started = performance.now();
   const { options, source } = request;
+  checkKeepFloat(source, options);
   const product = options.recipe
     ? await deployable(request, reporting)
     : await simulated(request, reporting);
@@ -180,6 +186,31 @@ async function calibrateValues(
     tensors: values.length,
   };
   return { result, summary };
+}
+
+/**
+ * Refuses, before any calibration, a keep-float selector that matches no layer of the model (a
+ * typo, or a recipe written for another model); `roles` checks only the role selectors (node
+ * names may change in a rewrite of the model that keeps its roles, such as pruning).
+ */
+export function checkKeepFloat(
+  source: Pick<LoadedModel, 'model' | 'structure'>,
+  options: Pick<QuantizeOptions, 'recipe' | 'keepFloat'>,
+  only: 'all' | 'roles' = 'all',
+): void {
+  const selectors = options.keepFloat
+    .map(parseLayerSelector)
+    .filter((s) => only === 'all' || s.kind === 'role');
+  if (selectors.length === 0) return;
+  if (options.recipe) {
+    const layers = deployLayers(source.model, source.structure);
+    excludePoints(
+      { activations: [], weights: layers.map((l) => ({ role: l.role, layer: l })) },
+      selectors,
+    );
+  } else {
+    excludePoints(quantPoints(source.structure), selectors);
+  }
 }
 
 /** Roles of linear layers kept in float by the keep-float selectors. */

@@ -173,6 +173,25 @@ describe('the CLI on bad input', () => {
     expect(errorLines(bad.stderr)[0]).toMatch(/--override.*"head=x8".*"x8"/);
   });
 
+  it('refuses a keep-float selector that matches no layer before any calibration', async () => {
+    const dir = await workdir();
+    const calib = ['--calib', mnistCalib];
+    const keep = ['--keep-float', 'head', 'blocks.99'];
+    for (const args of [
+      ['quantize', vitMnist, '--bits', 'w8a8', ...calib, ...keep],
+      ['compress', vitMnist, '--mlp', '0.25', '--recipe', 'w8a8', ...calib, ...keep],
+    ]) {
+      const out = join(dir, args[0]!);
+      const run = await vitslim([...args, '-o', out]);
+      expect(run.code).toBe(1);
+      // one line, naming the selector; no calibration or pruning was logged before it
+      const lines = errorLines(run.stderr);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/selector "blocks\.99" matches no/);
+      expect(existsSync(out)).toBe(false);
+    }
+  });
+
   it('names the labels file when a label is not one of the model classes', async () => {
     const dir = await workdir();
     const data = join(dir, 'flat');
