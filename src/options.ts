@@ -8,17 +8,19 @@ import { InputError } from './errors.js';
 import { parseTokenSchedule } from './prune/tokens/schedule.js';
 import type { CompensationMethod, CriterionName } from './prune/types.js';
 
-const positiveInt = z.coerce.number().int().positive();
-const numberList = z.union([
-  z.array(z.coerce.number()),
-  z.string().transform((s, ctx) => {
-    const values = s.split(',').map((v) => Number(v.trim()));
-    if (values.some((v) => !Number.isFinite(v))) {
-      ctx.addIssue({ code: 'custom', message: `expected comma-separated numbers, got "${s}"` });
-    }
-    return values;
-  }),
-]);
+const wholeNumber = 'expected a whole number ≥ 1';
+const positiveInt = z.coerce.number(wholeNumber).int(wholeNumber).positive(wholeNumber);
+/** `0.5,0.5,0.5` or a JSON list; one transform, so a bad value gets the syntax in its message. */
+const numberList = z.unknown().transform((value, ctx) => {
+  const items = typeof value === 'string' ? value.split(',') : value;
+  const values = Array.isArray(items) ? items.map((v) => (v === '' ? NaN : Number(v))) : [];
+  if (values.length === 0 || values.some((v) => !Number.isFinite(v))) {
+    const got = JSON.stringify(value);
+    ctx.addIssue({ code: 'custom', message: `expected comma-separated numbers, got ${got}` });
+    return z.NEVER;
+  }
+  return values;
+});
 
 export const preprocessOptionsSchema = z
   .object({
@@ -36,6 +38,18 @@ export const runOptionsSchema = z
     batch: positiveInt.default(16),
     strict: z.boolean().default(false),
     classes: z.string().optional(),
+  })
+  .strict();
+
+/** The flags of evaluation that eval, quantize, prune and compress share. */
+export const evaluationFlagsSchema = z
+  .object({
+    limit: positiveInt.optional(),
+    latencyRuns: z.coerce
+      .number('expected a whole number ≥ 0 (0 skips latency)')
+      .int('expected a whole number ≥ 0 (0 skips latency)')
+      .nonnegative('expected a whole number ≥ 0 (0 skips latency)')
+      .default(20),
   })
   .strict();
 
@@ -294,18 +308,72 @@ export type QuantizeOptions = z.infer<typeof quantizeOptionsSchema>;
 export type PreprocessOptions = z.infer<typeof preprocessOptionsSchema>;
 export type RunOptions = z.infer<typeof runOptionsSchema>;
 
-/** Parses `value` with `schema`, turning every problem into one InputError line. */
+/**
+ * Parses `value` with `schema`, turning every problem into one InputError line that names the
+ * flag, what it expects and, for a malformed value, the value given.
+ */
 export function parseOptions<T extends z.ZodType>(
   schema: T,
   value: unknown,
   source = 'options',
 ): z.infer<T> {
-  const result = schema.safeParse(value);
+  const result = schema.safeParse(value, { error: plainMessage });
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {
-    return `${optionName(issue.path)}: ${issue.message}`;
+    const given = valueCodes.has(issue.code) ? givenValue(value, issue.path) : undefined;
+    const got = given === undefined || issue.message.includes(given) ? '' : `, got ${given}`;
+    const name = issue.path.length > 0 ? `${optionName(issue.path)}: ` : '';
+    return `${name}${issue.message}${got}`;
   });
   throw new InputError(`invalid ${source}: ${problems.join('; ')}`);
+}
+
+/** Issues about the value itself (not about a combination of options): the value is quoted. */
+const valueCodes = new Set([
+  'invalid_type',
+  'invalid_value',
+  'invalid_format',
+  'too_small',
+  'too_big',
+]);
+
+/** Zod's messages about numbers in words, where the schema did not give its own. */
+function plainMessage(issue: z.core.$ZodRawIssue): string | undefined {
+  if (issue.code === 'invalid_type' && issue.expected === 'number') return 'expected a number';
+  if (issue.code === 'invalid_type' && issue.expected === 'int') return 'expected a whole number';
+  if (issue.code === 'invalid_type')
+    return `expected ${typeNames[issue.expected] ?? issue.expected}`;
+  if (issue.code === 'invalid_value' && issue.values.length > 1) {
+    return `expected one of ${issue.values.map(String).join(', ')}`;
+  }
+  if (issue.code === 'unrecognized_keys') {
+    return `unknown option ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+  }
+  if ((issue.code === 'too_small' || issue.code === 'too_big') && issue.origin === 'number') {
+    const small = issue.code === 'too_small';
+    const bound = small ? issue.minimum : issue.maximum;
+    const sign = small ? (issue.inclusive ? '≥' : '>') : issue.inclusive ? '≤' : '<';
+    return `expected a number ${sign} ${String(bound)}`;
+  }
+  return undefined;
+}
+
+const typeNames: Record<string, string> = {
+  array: 'a list',
+  string: 'a text',
+  boolean: 'true or false',
+  object: 'an object',
+};
+
+/** The raw value at `path` of the parsed input, quoted, when it is a plain value. */
+function givenValue(value: unknown, path: readonly PropertyKey[]): string | undefined {
+  let at = value;
+  for (const key of path) {
+    if (typeof at !== 'object' || at === null) return undefined;
+    at = (at as Record<PropertyKey, unknown>)[key];
+  }
+  const plain = ['string', 'number', 'boolean'].includes(typeof at);
+  return plain ? JSON.stringify(at) : undefined;
 }
 
 /** Options whose flag is not their key in kebab case. */
@@ -313,7 +381,6 @@ const flagAliases: Record<string, string> = { overrides: 'override' };
 
 /** An option path as the user typed it: `calibCount` is the flag `--calib-count`. */
 function optionName(path: readonly PropertyKey[]): string {
-  if (path.length === 0) return '(root)';
   const [first, ...rest] = path;
   const key = String(first);
   const flag = `--${flagAliases[key] ?? key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;

@@ -12,7 +12,13 @@ import { modelConfig, writeOutputFolder } from '../report/output.js';
 import { compressReportJson, compressReportMarkdown } from '../report/prune-report.js';
 import type { CliContext } from './main.js';
 import { addPruneFlags, evaluationSummary, prepareOutput, pruneKeys } from './prune.js';
-import { addPreprocessFlags, addRunFlags, pick, preprocessOverrides } from './shared.js';
+import {
+  addPreprocessFlags,
+  addRunFlags,
+  evaluationFlags,
+  pick,
+  preprocessOverrides,
+} from './shared.js';
 
 /** Quantize options of compress; the calibration images and seed are shared with pruning. */
 const quantizeKeys = [
@@ -104,7 +110,7 @@ export function registerCompress(program: Command, context: () => CliContext): v
           quantize,
           run,
           preprocess,
-          latencyRuns: Number(flags.latencyRuns),
+          latencyRuns: evaluationFlags(flags).latencyRuns,
           evaluatePruned: flags.evalPruned === true,
         },
         ctx,

@@ -5,7 +5,13 @@ import { evaluate, preprocessFor, type EvaluationReport } from '../pipeline/eval
 import { openAnyModel } from '../pipeline/model.js';
 import { evaluationMarkdown } from '../report/evaluation.js';
 import type { CliContext } from './main.js';
-import { addPreprocessFlags, addRunFlags, pick, preprocessOverrides } from './shared.js';
+import {
+  addPreprocessFlags,
+  addRunFlags,
+  evaluationFlags,
+  pick,
+  preprocessOverrides,
+} from './shared.js';
 
 export function registerEval(program: Command, context: () => CliContext): void {
   const command = program
@@ -25,7 +31,7 @@ export function registerEval(program: Command, context: () => CliContext): void 
         pick(flags, ['threads', 'batch', 'strict', 'classes']),
         'flags',
       );
-      const latencyRuns = Number(flags.latencyRuns);
+      const { latencyRuns, limit } = evaluationFlags(flags, ['latencyRuns', 'limit']);
       const candidate = await openAnyModel(path);
       const baseline = flags.baseline ? await openAnyModel(String(flags.baseline)) : undefined;
       const paths = flags.baseline ? [path, String(flags.baseline)] : [path];
@@ -40,7 +46,7 @@ export function registerEval(program: Command, context: () => CliContext): void 
           threads: run.threads,
           strict: run.strict,
           classes: run.classes,
-          limit: flags.limit ? Number(flags.limit) : undefined,
+          limit,
           latency: latencyRuns > 0 ? { runs: latencyRuns, batchSizes: [1, run.batch] } : false,
         },
         ctx,

@@ -17,7 +17,13 @@ import { pruneReportJson, pruneReportMarkdown } from '../report/prune-report.js'
 import type { EvaluationReport } from '../pipeline/evaluate.js';
 import type { CliContext } from './main.js';
 import { readRecipeFile } from './recipe-file.js';
-import { addPreprocessFlags, addRunFlags, pick, preprocessOverrides } from './shared.js';
+import {
+  addPreprocessFlags,
+  addRunFlags,
+  evaluationFlags,
+  pick,
+  preprocessOverrides,
+} from './shared.js';
 
 /** The flags of pruneOptionsSchema, as commander names them. */
 export const pruneKeys = [
@@ -152,7 +158,7 @@ export function registerPrune(program: Command, context: () => CliContext): void
       const source = await openModel(path);
       const preprocess = await preprocessFor([path], preprocessOverrides(flags));
       const { bytes, report } = await pruneJob(
-        { source, options, run, preprocess, latencyRuns: Number(flags.latencyRuns) },
+        { source, options, run, preprocess, latencyRuns: evaluationFlags(flags).latencyRuns },
         ctx,
       );
       const reportContext = { input, options, preprocess };

@@ -16,7 +16,13 @@ import {
 import { percent, ratio } from '../report/markdown.js';
 import { quantizeReportJson, quantizeReportMarkdown } from '../report/quantize-report.js';
 import type { CliContext } from './main.js';
-import { addPreprocessFlags, addRunFlags, pick, preprocessOverrides } from './shared.js';
+import {
+  addPreprocessFlags,
+  addRunFlags,
+  evaluationFlags,
+  pick,
+  preprocessOverrides,
+} from './shared.js';
 import { readRecipeFile } from './recipe-file.js';
 
 const quantizeKeys = [
@@ -125,7 +131,7 @@ export function registerQuantize(program: Command, context: () => CliContext): v
       const source = await openModel(path);
       const preprocess = await preprocessFor([path], preprocessOverrides(flags));
       const { bytes, report } = await quantizeModel(
-        { source, options, run, preprocess, latencyRuns: Number(flags.latencyRuns) },
+        { source, options, run, preprocess, latencyRuns: evaluationFlags(flags).latencyRuns },
         ctx,
       );
       const inputBytes = await readFile(path);

@@ -1,7 +1,7 @@
 /** Flag definitions and conversions shared by the commands. */
 import type { Command } from 'commander';
 import type { PreprocessConfig } from '../data/index.js';
-import { parseOptions, preprocessOptionsSchema } from '../options.js';
+import { evaluationFlagsSchema, parseOptions, preprocessOptionsSchema } from '../options.js';
 
 export function addPreprocessFlags(command: Command): Command {
   return command
@@ -34,4 +34,9 @@ export function pick(flags: Record<string, unknown>, keys: readonly string[]) {
   const out: Record<string, unknown> = {};
   for (const key of keys) if (flags[key] !== undefined) out[key] = flags[key];
   return out;
+}
+
+/** `--latency-runs` (and eval's `--limit`), checked like every other flag. */
+export function evaluationFlags(flags: Record<string, unknown>, keys = ['latencyRuns']) {
+  return parseOptions(evaluationFlagsSchema, pick(flags, keys), 'flags');
 }

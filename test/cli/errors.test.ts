@@ -173,6 +173,30 @@ describe('the CLI on bad input', () => {
     expect(errorLines(bad.stderr)[0]).toMatch(/--override.*"head=x8".*"x8"/);
   });
 
+  it('names a malformed number flag, what it expects and the value given, in one line', async () => {
+    const dir = await workdir();
+    const out = join(dir, 'o');
+    const quantize = ['quantize', vitMnist, '--recipe', 'dynamic-int8', '-o', out];
+    const cases: [string[], RegExp][] = [
+      [[...quantize, '--threads', 'abc'], /--threads: expected a whole number ≥ 1, got "abc"/],
+      [[...quantize, '--batch', '1.5'], /--batch: expected a whole number ≥ 1, got "1.5"/],
+      [[...quantize, '--calib-count', 'x'], /--calib-count: expected a whole number ≥ 1, got "x"/],
+      [[...quantize, '--latency-runs', 'abc'], /--latency-runs: expected a whole number ≥ 0/],
+      [[...quantize, '--percentile', 'p99'], /--percentile: expected a number, got "p99"/],
+      [[...quantize, '--mean', '0.5,x'], /--mean: expected comma-separated numbers, got "0.5,x"/],
+      [['eval', vitMnist, '--data', mnistCalib, '--limit', 'ten'], /--limit: .* got "ten"/],
+    ];
+    for (const [args, message] of cases) {
+      const run = await vitslim(args);
+      expect(run.code).toBe(1);
+      const lines = errorLines(run.stderr);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(message);
+      expect(lines[0]).not.toMatch(/NaN|Invalid input|internal error/);
+      expect(existsSync(out)).toBe(false);
+    }
+  });
+
   it('refuses a keep-float selector that matches no layer before any calibration', async () => {
     const dir = await workdir();
     const calib = ['--calib', mnistCalib];
