@@ -26,6 +26,12 @@ export async function calibrationSample(
     strict: run.strict,
     classes: run.classes,
   });
+  if (options.calibCount > dataset.size) {
+    reporting.logger?.warn(
+      `--calib-count ${options.calibCount} is more than the ${dataset.size} images in ${path}; ` +
+        `calibrating on all ${dataset.size}`,
+    );
+  }
   const sample = sampleDataset(dataset, Math.min(options.calibCount, dataset.size), options.seed);
   const batches = () =>
     sample.batches(run.batch, { stage: 'calibration', onProgress: reporting.onProgress });

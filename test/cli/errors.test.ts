@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { makeNode } from '../../src/graph/attributes.js';
 import { valueInfo } from '../../src/graph/commands.js';
@@ -237,6 +237,23 @@ describe('the CLI on bad input', () => {
 });
 
 describe('the CLI on good input', () => {
+  it('warns once when --calib-count is more than the calibration folder holds', async () => {
+    const dir = await workdir();
+    const out = join(dir, 'out');
+    const args = ['--bits', 'w8a8', '--calib', mnistCalib, '--calib-count', '300'];
+    const run = await vitslim(['quantize', vitMnist, ...args, '-o', out]);
+    expect(run.code).toBe(0);
+    const warnings = errorLines(run.stderr).filter((l) => l.startsWith('warn'));
+    expect(warnings).toHaveLength(1);
+    // the folder holds the 256 digits of one MNIST file
+    expect(warnings[0]).toContain(resolve(mnistCalib));
+    expect(warnings[0]).toMatch(/300 .* all 256/);
+    const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as {
+      calibration: { images: number };
+    };
+    expect(report.calibration.images).toBe(256);
+  });
+
   it('prints nothing with -q, and the closing "wrote" line without it', async () => {
     const dir = await workdir();
     const args = ['quantize', vitMnist, '--recipe', 'dynamic-int8'];
