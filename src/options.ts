@@ -293,6 +293,20 @@ export const quantizeOptionsSchema = z
     return { ...rest, ...simulatedRecipes[recipe as keyof typeof simulatedRecipes] };
   });
 
+/**
+ * The options as the run used them, for a report: the observers are left out where they were
+ * not consulted (a method other than baseline calibrates its quantizers its own way, which the
+ * report's calibration names; w8a8 takes only the activation observer, its weights being
+ * per-channel min-max; dynamic-int8 and int4-weights calibrate nothing), so a report never
+ * shows an observer that did not run. Parsing the result gives the same run.
+ */
+export function optionsInEffect(options: QuantizeOptions): Partial<QuantizeOptions> {
+  const { observer, weightObserver, percentile, ...rest } = options;
+  if (options.recipe === 'w8a8') return { ...rest, observer, percentile };
+  if (options.recipe !== undefined || options.method !== 'baseline') return rest;
+  return options;
+}
+
 /** The methods built on RepQ-ViT's calibration, whose weights GPTQ or ERQ can set. */
 export const repqBasedMethods: readonly MethodName[] = ['repq', 'adalog', 'isvit'];
 

@@ -322,10 +322,14 @@ async function deployableRepQ(request: QuantizeRequest, reporting: Reporting): P
       recipe: options.recipe,
       method: 'repq',
       weights: options.weights,
+      // RepQ-ViT's own quantizers set the reparameterisation and the weights; the observer
+      // sets the ranges of the w8a8 forms that are static
       calibration: held.summary(
         repq.calibration.seconds,
         repq.activations.length,
-        'percentile-mse',
+        w8a8.calibration
+          ? `percentile-mse (RepQ-ViT), ${options.observer} (w8a8 ranges)`
+          : 'percentile-mse (RepQ-ViT)',
       ),
       layers: w8a8.exported.layers,
       kernels,

@@ -4,7 +4,7 @@
  * measured latency against the original); and those of a compress (prune, then quantize).
  */
 import type { PreprocessConfig } from '../data/index.js';
-import type { PruneFlags, QuantizeOptions } from '../options.js';
+import { optionsInEffect, type PruneFlags, type QuantizeOptions } from '../options.js';
 import type { CompressReport } from '../pipeline/compress.js';
 import type { PruneJobReport } from '../pipeline/prune.js';
 import type { LowRankReport } from '../prune/low-rank.js';
@@ -171,7 +171,11 @@ export interface CompressReportContext {
 }
 
 export function compressReportJson(report: CompressReport, context: CompressReportContext): string {
-  return reportJson('compress', report, context);
+  const { prune, quantize } = context.options;
+  return reportJson('compress', report, {
+    ...context,
+    options: { prune, quantize: optionsInEffect(quantize) },
+  });
 }
 
 export function compressReportMarkdown(

@@ -3,7 +3,7 @@
  * each layer was quantized, and what it gave (kernels, size, accuracy, latency).
  */
 import type { PreprocessConfig } from '../data/index.js';
-import type { QuantizeOptions } from '../options.js';
+import { optionsInEffect, type QuantizeOptions } from '../options.js';
 import type { QuantizeReport } from '../pipeline/quantize.js';
 import { evaluationMarkdown } from './evaluation.js';
 import { markdownTable, megabytes, percent } from './markdown.js';
@@ -16,7 +16,7 @@ export interface ReportContext {
 }
 
 export function quantizeReportJson(report: QuantizeReport, context: ReportContext): string {
-  return reportJson('quantize', report, context);
+  return reportJson('quantize', report, { ...context, options: optionsInEffect(context.options) });
 }
 
 export function quantizeReportMarkdown(report: QuantizeReport, context: ReportContext): string {

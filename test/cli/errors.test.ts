@@ -266,4 +266,45 @@ describe('the CLI on good input', () => {
     expect(loud.code).toBe(0);
     expect(loud.stdout).toMatch(/^wrote .*loud\/model\.onnx/);
   });
+
+  it('reports the observer a method used, in report.json as in report.md', async () => {
+    const dir = await workdir();
+    const calib = ['--calib', mnistCalib, '--calib-count', '16', '-q'];
+    interface Report {
+      options: Record<string, unknown>;
+      calibration: { observer: string };
+    }
+    const read = async (out: string) => ({
+      json: JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as Report,
+      md: await readFile(join(out, 'report.md'), 'utf8'),
+    });
+    // simulated RepQ-ViT sets its own quantizers: --observer and its siblings are not consulted
+    const simulated = join(dir, 'simulated');
+    const args = ['quantize', vitMnist, '--bits', 'w4a4', '--method', 'repq', ...calib];
+    expect((await vitslim([...args, '-o', simulated])).code).toBe(0);
+    const s = await read(simulated);
+    expect(s.json.calibration.observer).toBe('percentile-mse');
+    expect(s.md).toContain('observer percentile-mse,');
+    for (const key of ['observer', 'weightObserver', 'percentile']) {
+      expect(s.json.options).not.toHaveProperty(key);
+    }
+    // the recorded options still reproduce the model
+    const recipe = join(dir, 'recipe.json');
+    await writeFile(recipe, JSON.stringify(s.json.options));
+    const again = join(dir, 'again');
+    const rerun = ['quantize', vitMnist, '--config', recipe, '-q', '-o', again];
+    expect((await vitslim(rerun)).code).toBe(0);
+    expect(await sha256(join(again, 'model.onnx'))).toBe(
+      await sha256(join(simulated, 'model.onnx')),
+    );
+    // deployed, the w8a8 forms take their activation ranges from --observer
+    const deployed = join(dir, 'deployed');
+    const deploy = ['quantize', vitMnist, '--recipe', 'w8a8', '--method', 'repq', '--observer'];
+    expect((await vitslim([...deploy, 'mse', ...calib, '-o', deployed])).code).toBe(0);
+    const d = await read(deployed);
+    expect(d.json.options.observer).toBe('mse');
+    expect(d.json.options).not.toHaveProperty('weightObserver');
+    expect(d.json.calibration.observer).toBe('percentile-mse (RepQ-ViT), mse (w8a8 ranges)');
+    expect(d.md).toContain(`observer ${d.json.calibration.observer},`);
+  });
 });
