@@ -301,10 +301,14 @@ export const quantizeOptionsSchema = z
  * shows an observer that did not run. Parsing the result gives the same run.
  */
 export function optionsInEffect(options: QuantizeOptions): Partial<QuantizeOptions> {
-  const { observer, weightObserver, percentile, ...rest } = options;
-  if (options.recipe === 'w8a8') return { ...rest, observer, percentile };
-  if (options.recipe !== undefined || options.method !== 'baseline') return rest;
-  return options;
+  const unused = new Set<string>(
+    options.recipe === 'w8a8'
+      ? ['weightObserver']
+      : options.recipe !== undefined || options.method !== 'baseline'
+        ? ['observer', 'weightObserver', 'percentile']
+        : [],
+  );
+  return Object.fromEntries(Object.entries(options).filter(([key]) => !unused.has(key)));
 }
 
 /** The methods built on RepQ-ViT's calibration, whose weights GPTQ or ERQ can set. */
