@@ -154,7 +154,12 @@ export function fpFormats(
 export type WeightMethodName = (typeof weightMethodNames)[number];
 
 const observerKind = z.enum(['minmax', 'percentile', 'mse', 'omse']);
-const bitWidth = z.coerce.number().int().min(2).max(8);
+const bitWidthMessage = 'expected a bit width from 2 to 8';
+const bitWidth = z.coerce
+  .number(bitWidthMessage)
+  .int(bitWidthMessage)
+  .min(2, bitWidthMessage)
+  .max(8, bitWidthMessage);
 
 const overrideObject = z.strictObject({
   select: z.string().min(1),
@@ -340,7 +345,7 @@ export function parseOptions<T extends z.ZodType>(
   const problems = result.error.issues.map((issue) => {
     const given = valueCodes.has(issue.code) ? givenValue(value, issue.path) : undefined;
     const got = given === undefined || issue.message.includes(given) ? '' : `, got ${given}`;
-    const name = issue.path.length > 0 ? `${optionName(issue.path)}: ` : '';
+    const name = issue.path.length > 0 ? `${optionName(issue.path, value)}: ` : '';
     return `${name}${issue.message}${got}`;
   });
   throw new InputError(`invalid ${source}: ${problems.join('; ')}`);
@@ -394,12 +399,26 @@ function givenValue(value: unknown, path: readonly PropertyKey[]): string | unde
   return plain ? JSON.stringify(at) : undefined;
 }
 
+/** The settings of an --override in the syntax of the flag. */
+const overrideSettings: Record<string, string> = {
+  weightBits: 'w<bits>',
+  activationBits: 'a<bits>',
+  observer: 'observer:',
+  weightObserver: 'weight-observer:',
+  percentile: 'percentile:',
+};
+
 /** Options whose flag is not their key in kebab case. */
 const flagAliases: Record<string, string> = { overrides: 'override' };
 
 /** An option path as the user typed it: `calibCount` is the flag `--calib-count`. */
-function optionName(path: readonly PropertyKey[]): string {
+function optionName(path: readonly PropertyKey[], value: unknown): string {
   const [first, ...rest] = path;
+  // a setting of an --override given as text: named as it was typed
+  const text = first === 'overrides' ? givenValue(value, path.slice(0, 2)) : undefined;
+  if (text?.startsWith('"') && rest.length === 2) {
+    return `--override ${text} (${overrideSettings[String(rest[1])] ?? String(rest[1])})`;
+  }
   const key = String(first);
   const flag = `--${flagAliases[key] ?? key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
   return [flag, ...rest.map(String)].join('.');
