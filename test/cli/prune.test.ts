@@ -256,7 +256,7 @@ describe('vitslim prune', () => {
     const run = await vitslim(['prune', vitMnist, '--mlp', '1.5', '-o', await outFolder()]);
     expect(run.code).toBe(1);
     expect(errorLines(run.stderr)).toEqual([
-      'vitslim: invalid prune options: --mlp: must be in [0, 1)',
+      'vitslim: invalid prune options: --mlp: must be in [0, 1), got "1.5"',
     ]);
   });
 });
