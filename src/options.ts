@@ -213,9 +213,10 @@ export const quantizeOptionsSchema = z
       .regex(/^w[2-8]a[2-8]$/i, 'expected WxAy with x and y in 2..8, e.g. w4a4')
       .transform((s) => s.toLowerCase())
       .optional(),
-    observer: observerKind.default('minmax'),
-    weightObserver: observerKind.default('minmax'),
-    percentile: z.coerce.number().gt(50).lt(100).default(99.99),
+    /** Left unset here so that a flag the run would not consult can be refused; see below. */
+    observer: observerKind.optional(),
+    weightObserver: observerKind.optional(),
+    percentile: z.coerce.number().gt(50).lt(100).optional(),
     calib: z.string().optional(),
     calibCount: positiveInt.default(32),
     seed: z.coerce.number().int().nonnegative().default(0),
@@ -245,6 +246,23 @@ export const quantizeOptionsSchema = z
   .refine((o) => o.overrides.length === 0 || (o.bits !== undefined && o.method === 'baseline'), {
     message: 'per-layer overrides apply to simulated baseline quantization (--bits WxAy)',
     path: ['overrides'],
+  })
+  .superRefine((o, ctx) => {
+    const used = observersUsed(o);
+    for (const key of ['observer', 'weightObserver', 'percentile'] as const) {
+      if (o[key] === undefined || used.has(key)) continue;
+      const why =
+        o.recipe === undefined
+          ? `--method ${o.method} (it calibrates its own ranges)`
+          : o.recipe === 'w8a8'
+            ? '--recipe w8a8 (its weights are per-channel min-max)'
+            : `--recipe ${o.recipe} (it sets its own ranges)`;
+      ctx.addIssue({
+        code: 'custom',
+        path: [key],
+        message: `not used by ${why}; observers apply to --bits with --method baseline`,
+      });
+    }
   })
   .refine((o) => o.weights !== 'erq' || o.recipe !== 'int4-weights', {
     message:
@@ -292,11 +310,29 @@ export const quantizeOptionsSchema = z
     const path = [o.fpFormat ? 'fpFormat' : 'bits'];
     if (typeof formats === 'string') ctx.addIssue({ code: 'custom', message: formats, path });
   })
-  .transform((o) => {
+  .transform((given) => {
+    const o = {
+      ...given,
+      observer: given.observer ?? ('minmax' as const),
+      weightObserver: given.weightObserver ?? ('minmax' as const),
+      percentile: given.percentile ?? 99.99,
+    };
     if (o.recipe === undefined || !(o.recipe in simulatedRecipes)) return o;
     const { recipe, ...rest } = o;
     return { ...rest, ...simulatedRecipes[recipe as keyof typeof simulatedRecipes] };
   });
+
+/**
+ * The observer options a run consults: all three for simulated baseline quantization
+ * (`--bits` with `--method baseline`), the activation observer (and its percentile) for the
+ * w8a8 recipe, none otherwise (the other methods and recipes set their ranges their own way).
+ */
+function observersUsed(o: { recipe?: string | undefined; method: MethodName }): Set<string> {
+  if (o.recipe === undefined && o.method === 'baseline') {
+    return new Set(['observer', 'weightObserver', 'percentile']);
+  }
+  return new Set(o.recipe === 'w8a8' ? ['observer', 'percentile'] : []);
+}
 
 /**
  * The options as the run used them, for a report: the observers are left out where they were
@@ -306,14 +342,9 @@ export const quantizeOptionsSchema = z
  * shows an observer that did not run. Parsing the result gives the same run.
  */
 export function optionsInEffect(options: QuantizeOptions): Partial<QuantizeOptions> {
-  const unused = new Set<string>(
-    options.recipe === 'w8a8'
-      ? ['weightObserver']
-      : options.recipe !== undefined || options.method !== 'baseline'
-        ? ['observer', 'weightObserver', 'percentile']
-        : [],
-  );
-  return Object.fromEntries(Object.entries(options).filter(([key]) => !unused.has(key)));
+  const used = observersUsed(options);
+  const unused = ['observer', 'weightObserver', 'percentile'].filter((key) => !used.has(key));
+  return Object.fromEntries(Object.entries(options).filter(([key]) => !unused.includes(key)));
 }
 
 /** The methods built on RepQ-ViT's calibration, whose weights GPTQ or ERQ can set. */

@@ -37,6 +37,25 @@ describe('quantize options', () => {
     expect(() => parse({ recipe: 'w8a8', weights: 'gptq' })).toThrow(/--weights.*--method repq/);
   });
 
+  it('refuses an observer flag the run would not consult, and defaults the ones it would', () => {
+    expect(() => parse({ bits: 'w4a4', method: 'repq', observer: 'minmax' })).toThrow(
+      /--observer: not used by --method repq/,
+    );
+    expect(() => parse({ recipe: 'w4a4', percentile: 99.9 })).toThrow(/--percentile.*w4a4/);
+    expect(() => parse({ recipe: 'w8a8', weightObserver: 'mse' })).toThrow(/--weight-observer/);
+    expect(() => parse({ recipe: 'dynamic-int8', observer: 'mse' })).toThrow(/--observer/);
+    // the w8a8 recipe takes its activation ranges from --observer
+    expect(parse({ recipe: 'w8a8', observer: 'percentile', percentile: 99.9 }).observer).toBe(
+      'percentile',
+    );
+    const plain = parse({ bits: 'w4a4' });
+    expect([plain.observer, plain.weightObserver, plain.percentile]).toEqual([
+      'minmax',
+      'minmax',
+      99.99,
+    ]);
+  });
+
   it('accepts the deployable forms of RepQ-ViT, GPTQ and ERQ', () => {
     const repq = parse({ recipe: 'w8a8', method: 'repq', weights: 'erq', weightRange: 'full' });
     expect([repq.recipe, repq.method, repq.weights, repq.weightRange]).toEqual([
