@@ -18,6 +18,7 @@
  */
 import sharp from 'sharp';
 import { InputError } from '../errors.js';
+import { DecodeGate } from './decode-gate.js';
 import type { PreprocessConfig } from './preprocess.js';
 import { resizeWindow, type PixelImage, type ResizeWindow } from './resample.js';
 
@@ -32,25 +33,46 @@ export function isImageFile(name: string): boolean {
   return dot > 0 && imageExtensions.includes(name.slice(dot).toLowerCase());
 }
 
+/** Decodes run through one gate, so that a failure whose reason sharp lost can be retried alone. */
+const decodeGate = new DecodeGate();
+
+/** What sharp reports when libvips' error buffer was emptied before the failure was read. */
+const lostReason = 'Unknown error';
+
 /**
  * Decodes `file` into 8-bit pixels with `channels` channels. Throws InputError naming the file
- * when it is missing, not an image, truncated or corrupt.
+ * when it is missing, not an image, truncated or corrupt, with the decoder's reason.
  */
 export async function readPixels(file: string, channels: 1 | 3): Promise<PixelImage> {
   try {
-    // failOn 'error' rejects truncated and corrupt data but, like Pillow, accepts files that
-    // only raise decoder warnings (extra bytes after a marker, and so on)
-    const options = { failOn: 'error', sequentialRead: true, ignoreIcc: true } as const;
-    const { data, info } = await sharp(file, options)
-      .removeAlpha()
-      .toColourspace('srgb')
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
-    const rgb = { data: new Uint8Array(data.buffer, data.byteOffset, data.length), ...info };
-    return toChannels({ ...rgb, channels: info.channels }, channels);
+    return await decodeGate.shared(() => decode(file, channels));
   } catch (error) {
-    throw new InputError(`cannot decode image ${file}: ${(error as Error).message}`, file);
+    if ((error as Error).message !== lostReason) throw decodeError(file, error);
   }
+  // another decode ended while this one failed and took the reason with it: decoding the file
+  // again with nothing else in flight gives it back
+  try {
+    return await decodeGate.alone(() => decode(file, channels));
+  } catch (error) {
+    throw decodeError(file, error);
+  }
+}
+
+async function decode(file: string, channels: 1 | 3): Promise<PixelImage> {
+  // failOn 'error' rejects truncated and corrupt data but, like Pillow, accepts files that
+  // only raise decoder warnings (extra bytes after a marker, and so on)
+  const options = { failOn: 'error', sequentialRead: true, ignoreIcc: true } as const;
+  const { data, info } = await sharp(file, options)
+    .removeAlpha()
+    .toColourspace('srgb')
+    .raw({ depth: 'uchar' })
+    .toBuffer({ resolveWithObject: true });
+  const rgb = { data: new Uint8Array(data.buffer, data.byteOffset, data.length), ...info };
+  return toChannels({ ...rgb, channels: info.channels }, channels);
+}
+
+function decodeError(file: string, error: unknown): InputError {
+  return new InputError(`cannot decode image ${file}: ${(error as Error).message}`, file);
 }
 
 /**

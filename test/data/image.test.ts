@@ -105,6 +105,28 @@ describe('readPixels', () => {
     expect((error as Error).message).toContain(file);
   });
 
+  it("gives the decoder's reason for a truncated JPEG read alongside other images", async () => {
+    const bytes = readFileSync(tench);
+    const file = join(dir, 'truncated-among-others.jpg');
+    writeFileSync(file, bytes.subarray(0, bytes.length >> 1));
+    // the reason sharp gives when the file is decoded with nothing else running
+    const alone = await sharp(file, { failOn: 'error' })
+      .raw()
+      .toBuffer()
+      .catch((e: unknown) => e);
+    const reason = (alone as Error).message;
+    expect(reason).toMatch(/premature end/i);
+    // a neighbour that ends while the truncated one fails must not take the reason with it
+    for (let round = 0; round < 20; round++) {
+      const reads = [readPixels(tench, 3), readPixels(file, 3), readPixels(tench, 3)];
+      const [before, truncated, after] = await Promise.allSettled(reads);
+      expect([before?.status, after?.status]).toEqual(['fulfilled', 'fulfilled']);
+      expect(truncated?.status).toBe('rejected');
+      const error = (truncated as PromiseRejectedResult).reason as Error;
+      expect(error.message).toBe(`cannot decode image ${file}: ${reason}`);
+    }
+  });
+
   it('throws an InputError naming a file that is not an image', async () => {
     const file = join(dir, 'notes.png');
     writeFileSync(file, 'not a picture');
