@@ -79,7 +79,11 @@ export async function resolvePreprocess(
       modelPath,
     );
   }
-  return completeConfig({ ...fromConfig, ...given }, fromConfig ? configPath : modelPath);
+  const source = fromConfig ? configPath : modelPath;
+  const config = completeConfig({ ...fromConfig, ...given }, source);
+  checkChannelValues(config, given, source);
+  checkConsistent(config, source);
+  return config;
 }
 
 /** Reads a timm config; undefined when the file does not exist. */
@@ -141,9 +145,28 @@ function completeConfig(partial: Partial<PreprocessConfig>, source: string): Pre
   if (config.height === null || config.width === null) {
     throw new InputError(`no input size known for ${source}; pass --crop or --resize`, source);
   }
-  const checked = parseOrThrow(preprocessConfigSchema, config, source);
-  checkConsistent(checked, source);
-  return checked;
+  return parseOrThrow(preprocessConfigSchema, config, source);
+}
+
+/**
+ * A --mean or --std whose count does not fit the model's channels is the flag's fault: it is
+ * named with the values given, not as a problem of the config file the channels came from.
+ */
+function checkChannelValues(
+  config: PreprocessConfig,
+  given: Partial<PreprocessConfig>,
+  source: string,
+): void {
+  const { channels } = config;
+  const expected = channels === 1 ? '1 value' : `1 value or ${channels}`;
+  const input = `the input of ${source} has ${channels} channel${channels === 1 ? '' : 's'}`;
+  const problems: string[] = [];
+  for (const key of ['mean', 'std'] as const) {
+    const values = given[key];
+    if (values === undefined || config[key].length === channels) continue;
+    problems.push(`--${key}: expected ${expected} (${input}), got "${values.join(',')}"`);
+  }
+  if (problems.length > 0) throw new InputError(problems.join('; '), source);
 }
 
 /** A single value stands for every channel, as in torchvision's Normalize. */

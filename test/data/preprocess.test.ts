@@ -78,6 +78,23 @@ describe('resolvePreprocess', () => {
     );
   });
 
+  it('names --mean and --std with the values given when their count does not fit the input', async () => {
+    // the ViT-Tiny's config.json gives input_size [3, 224, 224]: one value or three
+    const tiny = await resolvePreprocess(vitTiny, { mean: [0.5, 0.5] }).catch((e: unknown) => e);
+    expect(tiny).toBeInstanceOf(InputError);
+    expect((tiny as Error).message).toBe(
+      `--mean: expected 1 value or 3 (the input of ${join(vitTiny, '..', 'config.json')} has ` +
+        '3 channels), got "0.5,0.5"',
+    );
+    // the MNIST ViT's input_size is [1, 28, 28]: both flags are named, in one line
+    const mnist = await resolvePreprocess(vitMnist, { mean: [0.1, 0.2], std: [1, 2, 3] }).catch(
+      (e: unknown) => e,
+    );
+    expect((mnist as Error).message).toMatch(
+      /^--mean: expected 1 value \(.* 1 channel\), got "0\.1,0\.2"; --std: .* got "1,2,3"$/,
+    );
+  });
+
   it('names a config.json that is not valid JSON', async () => {
     const model = modelInTempDir();
     writeFileSync(join(model, '..', 'config.json'), '{ "input_size": [3, 224');
