@@ -93,6 +93,12 @@ export async function evaluate(
   if (accuracy.images === 0) {
     throw new InputError(`no readable image in ${input.data}`, input.data);
   }
+  if (accuracy.labelled === 0) {
+    reporting.logger?.warn(
+      `no labels found in ${input.data}: top-1 and top-5 not measured (label the images with ` +
+        '<synset>/ subfolders, a labels.txt or labels.csv, or MNIST label files)',
+    );
+  }
   const report: EvaluationReport = {
     data: { path: input.data, images: accuracy.images, skipped: dataset.stats.skipped },
     accuracy,

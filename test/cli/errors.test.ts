@@ -260,6 +260,18 @@ describe('the CLI on good input', () => {
     expect(report.calibration.images).toBe(256);
   });
 
+  it('warns once that a folder without labels gives no top-1 or top-5', async () => {
+    // the calibration images are a flat folder with no labels file
+    const args = ['--data', imagenetCalib, '--limit', '4', '--latency-runs', '0'];
+    const run = await vitslim(['eval', vitTiny.opset17, ...args]);
+    expect(run.code).toBe(0);
+    const warnings = errorLines(run.stderr).filter((l) => l.startsWith('warn'));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain(`no labels found in ${imagenetCalib}`);
+    expect(warnings[0]).toMatch(/top-1 and top-5 not measured/);
+    expect(run.stdout).toMatch(/\| top-1 \| – \|/);
+  });
+
   it('prints nothing with -q, and the closing "wrote" line without it', async () => {
     const dir = await workdir();
     const args = ['quantize', vitMnist, '--recipe', 'dynamic-int8'];
