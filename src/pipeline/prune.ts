@@ -244,7 +244,8 @@ export async function pruneStages(
     stages.lowRank?.calibrationImages ?? 0,
     stages.sparsity?.calibrationImages ?? 0,
   ];
-  if (calibration) {
+  // token reduction alone reads no image: a calibration folder it never opened is not reported
+  if (calibration && Math.max(...images) > 0) {
     stages.calibration = {
       path: calibration.path,
       images: Math.max(...images),

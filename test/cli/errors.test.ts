@@ -272,6 +272,34 @@ describe('the CLI on good input', () => {
     expect(run.stdout).toMatch(/\| top-1 \| – \|/);
   });
 
+  it('reports pruning calibration only when pruning read calibration images', async () => {
+    const dir = await workdir();
+    const common = ['--recipe', 'w8a8', '--calib', mnistCalib, '--calib-count', '16', '-q'];
+    const read = async (out: string) => ({
+      json: JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as {
+        prune: { calibration?: { images: number } };
+        quantize: { calibration: { images: number } };
+      },
+      md: await readFile(join(out, 'report.md'), 'utf8'),
+    });
+    // token merging is computed inside the graph at run time: it reads no image
+    const tokens = join(dir, 'tokens');
+    const merged = ['compress', vitMnist, '--tokens', 'tome:2', ...common, '-o', tokens];
+    expect((await vitslim(merged)).code).toBe(0);
+    const t = await read(tokens);
+    expect(t.json.prune).not.toHaveProperty('calibration');
+    expect(t.md).not.toMatch(/Pruning calibration/);
+    expect(t.json.quantize.calibration.images).toBe(16);
+    // MLP pruning ranks the hidden units on the calibration images
+    const mlp = join(dir, 'mlp');
+    expect(
+      (await vitslim(['compress', vitMnist, '--mlp', '0.25', ...common, '-o', mlp])).code,
+    ).toBe(0);
+    const m = await read(mlp);
+    expect(m.json.prune.calibration?.images).toBe(16);
+    expect(m.md).toContain(`Pruning calibration: 16 images of \`${resolve(mnistCalib)}\``);
+  });
+
   it('prints nothing with -q, and the closing "wrote" line without it', async () => {
     const dir = await workdir();
     const args = ['quantize', vitMnist, '--recipe', 'dynamic-int8'];
