@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { InputError } from './errors.js';
 import { parseTokenSchedule } from './prune/tokens/schedule.js';
 import type { CompensationMethod, CriterionName } from './prune/types.js';
+import { defaultWeightRange, type WeightRange } from './quant/deploy/types.js';
 
 const wholeNumber = 'expected a whole number ≥ 1';
 const positiveInt = z.coerce.number(wholeNumber).int(wholeNumber).positive(wholeNumber);
@@ -339,12 +340,25 @@ function observersUsed(o: { recipe?: string | undefined; method: MethodName }): 
  * not consulted (a method other than baseline calibrates its quantizers its own way, which the
  * report's calibration names; w8a8 takes only the activation observer, its weights being
  * per-channel min-max; dynamic-int8 and int4-weights calibrate nothing), so a report never
- * shows an observer that did not run. Parsing the result gives the same run.
+ * shows an observer that did not run; the int8 weight grid is written out even when it was
+ * left at its default, so a report says which grid its model holds. Parsing the result gives
+ * the same run.
  */
 export function optionsInEffect(options: QuantizeOptions): Partial<QuantizeOptions> {
   const used = observersUsed(options);
   const unused = ['observer', 'weightObserver', 'percentile'].filter((key) => !used.has(key));
-  return Object.fromEntries(Object.entries(options).filter(([key]) => !unused.includes(key)));
+  const kept = Object.fromEntries(Object.entries(options).filter(([key]) => !unused.includes(key)));
+  const grid = weightGridInEffect(options);
+  return grid === undefined ? kept : { ...kept, weightRange: grid };
+}
+
+/**
+ * The grid of the int8 weights of the recipes that store them (w8a8 and dynamic-int8):
+ * `--weight-range`, or the default when it was not given; undefined for the other runs.
+ */
+export function weightGridInEffect(options: QuantizeOptions): WeightRange | undefined {
+  if (options.recipe !== 'w8a8' && options.recipe !== 'dynamic-int8') return undefined;
+  return options.weightRange ?? defaultWeightRange;
 }
 
 /** The methods built on RepQ-ViT's calibration, whose weights GPTQ or ERQ can set. */

@@ -1,6 +1,6 @@
 /** The option schemas: recipes, per-layer overrides as flags give them, and error wording. */
 import { describe, expect, it } from 'vitest';
-import { parseOptions, quantizeOptionsSchema } from '../src/options.js';
+import { optionsInEffect, parseOptions, quantizeOptionsSchema } from '../src/options.js';
 
 const parse = (value: object) => parseOptions(quantizeOptionsSchema, value, 'quantize options');
 
@@ -78,5 +78,22 @@ describe('quantize options', () => {
       [{ recipe: 'w8a8', weightRange: 'wide' }, /--weight-range/],
     ];
     for (const [options, message] of cases) expect(() => parse(options)).toThrow(message);
+  });
+
+  it('records the int8 weight grid of the recipes that store int8 weights, given or not', () => {
+    const effect = (value: object) => optionsInEffect(parse(value));
+    // the documented default grid of w8a8 and dynamic-int8 is the reduced one
+    expect(effect({ recipe: 'w8a8', calib: 'calib' }).weightRange).toBe('reduced');
+    expect(effect({ recipe: 'dynamic-int8' }).weightRange).toBe('reduced');
+    expect(effect({ recipe: 'dynamic-int8', weightRange: 'full' }).weightRange).toBe('full');
+    // int4-weights stores 4-bit blocks; a simulated run has no int8 grid to record
+    expect(effect({ recipe: 'int4-weights' })).not.toHaveProperty('weightRange');
+    expect(effect({ bits: 'w8a8' })).not.toHaveProperty('weightRange');
+    // what is recorded parses back to the same options
+    const recorded = effect({ recipe: 'w8a8', calib: 'calib' });
+    expect(parse(recorded)).toEqual({
+      ...parse({ recipe: 'w8a8', calib: 'calib' }),
+      weightRange: 'reduced',
+    });
   });
 });

@@ -14,6 +14,7 @@ import type { PruneReport } from '../prune/types.js';
 import { evaluationMarkdown } from './evaluation.js';
 import { markdownTable, megabytes, percent, ratio } from './markdown.js';
 import { reportJson } from './output.js';
+import { weightGridLine } from './quantize-report.js';
 
 export interface PruneReportContext {
   input: { path: string; bytes: number; sha256: string };
@@ -195,7 +196,9 @@ export function compressReportMarkdown(
     parts.push(`Pruning calibration: ${c.images} images of \`${c.path}\` (seed ${c.seed}).`);
   }
   parts.push(`## What was removed\n\n${stagesMarkdown(report.prune)}`);
-  parts.push(`## Quantization of the pruned model\n\n${quantizeSummary(q)}`);
+  parts.push(
+    `## Quantization of the pruned model\n\n${quantizeSummary(q, context.options.quantize)}`,
+  );
   const { original, pruned, output } = report;
   const rows = [
     ['parameters', original.parameters, pruned.parameters, output.parameters],
@@ -226,7 +229,7 @@ export function compressReportMarkdown(
   return parts.join('\n\n') + '\n';
 }
 
-function quantizeSummary(q: CompressReport['quantize']): string {
+function quantizeSummary(q: CompressReport['quantize'], options: QuantizeOptions): string {
   const lines = [];
   if (q.calibration) {
     const c = q.calibration;
@@ -234,6 +237,8 @@ function quantizeSummary(q: CompressReport['quantize']): string {
       `Calibration: ${c.images} images of \`${c.path}\` (seed ${c.seed}), observer ${c.observer}.`,
     );
   }
+  const grid = weightGridLine(options);
+  if (grid) lines.push(grid);
   if (q.kernels) {
     lines.push(
       `${q.kernels.integer} of ${q.kernels.layers.length} linear layers run as integer kernels ` +

@@ -3,7 +3,7 @@
  * each layer was quantized, and what it gave (kernels, size, accuracy, latency).
  */
 import type { PreprocessConfig } from '../data/index.js';
-import { optionsInEffect, type QuantizeOptions } from '../options.js';
+import { optionsInEffect, weightGridInEffect, type QuantizeOptions } from '../options.js';
 import type { QuantizeReport } from '../pipeline/quantize.js';
 import { evaluationMarkdown } from './evaluation.js';
 import { markdownTable, megabytes, percent } from './markdown.js';
@@ -36,6 +36,8 @@ export function quantizeReportMarkdown(report: QuantizeReport, context: ReportCo
         `${c.tensors} tensors, ${c.seconds.toFixed(1)} s.`,
     );
   }
+  const grid = weightGridLine(context.options);
+  if (grid) parts.push(grid);
   if (report.kernels) {
     const k = report.kernels;
     parts.push(
@@ -86,6 +88,18 @@ export function quantizeReportMarkdown(report: QuantizeReport, context: ReportCo
   }
   if (report.evaluation) parts.push(`## Evaluation\n\n${evaluationMarkdown(report.evaluation)}`);
   return parts.join('\n\n') + '\n';
+}
+
+/** Which int8 weight grid the model holds, as a report line; undefined without int8 weights. */
+export function weightGridLine(options: QuantizeOptions): string | undefined {
+  const grid = weightGridInEffect(options);
+  if (grid === undefined) return undefined;
+  const given = options.weightRange === undefined ? ', the default' : '';
+  const what =
+    grid === 'reduced'
+      ? 'one bit less than the full grid, exact on every x86 CPU'
+      : '8 bits, exact only where the int8 kernel sums in 32 bits (VNNI, ARM)';
+  return `Int8 weights on the ${grid} grid (\`--weight-range ${grid}\`${given}): ${what}.`;
 }
 
 function simulationMarkdown(report: QuantizeReport): string {

@@ -300,6 +300,36 @@ describe('the CLI on good input', () => {
     expect(m.md).toContain(`Pruning calibration: 16 images of \`${resolve(mnistCalib)}\``);
   });
 
+  it('records the int8 weight grid in both reports, and the recorded options give the same model', async () => {
+    const dir = await workdir();
+    const first = join(dir, 'default');
+    const calib = ['--calib', mnistCalib, '--calib-count', '16', '-q'];
+    const w8a8 = ['quantize', vitMnist, '--recipe', 'w8a8', ...calib];
+    expect((await vitslim([...w8a8, '-o', first])).code).toBe(0);
+    const json = JSON.parse(await readFile(join(first, 'report.json'), 'utf8')) as {
+      options: Record<string, unknown>;
+    };
+    // --weight-range was not given: the model holds the default, reduced grid
+    expect(json.options.weightRange).toBe('reduced');
+    const md = await readFile(join(first, 'report.md'), 'utf8');
+    expect(md).toContain(
+      'Int8 weights on the reduced grid (`--weight-range reduced`, the default)',
+    );
+    const recipe = join(dir, 'recipe.json');
+    await writeFile(recipe, JSON.stringify(json.options));
+    const again = join(dir, 'again');
+    const rerun = ['quantize', vitMnist, '--config', recipe, '-q', '-o', again];
+    expect((await vitslim(rerun)).code).toBe(0);
+    expect(await sha256(join(again, 'model.onnx'))).toBe(await sha256(join(first, 'model.onnx')));
+    // a grid given on the command line is recorded as given
+    const full = join(dir, 'full');
+    const dynamic = ['quantize', vitMnist, '--recipe', 'dynamic-int8', '--weight-range', 'full'];
+    expect((await vitslim([...dynamic, '-q', '-o', full])).code).toBe(0);
+    expect(await readFile(join(full, 'report.md'), 'utf8')).toContain(
+      'Int8 weights on the full grid (`--weight-range full`):',
+    );
+  });
+
   it('prints nothing with -q, and the closing "wrote" line without it', async () => {
     const dir = await workdir();
     const args = ['quantize', vitMnist, '--recipe', 'dynamic-int8'];
