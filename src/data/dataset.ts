@@ -65,6 +65,8 @@ export interface OpenDatasetOptions {
   limit?: number;
   /** For MNIST folders with several sets: the file name prefix to use ("t10k", "train"). */
   idxPrefix?: string;
+  /** The flag that gave the folder (`--calib`, `--data`), named when the folder is unusable. */
+  flag?: string;
 }
 
 /** Opens the dataset in folder `path`; InputError naming the path when it is not usable. */
@@ -77,7 +79,8 @@ export async function openDataset(
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
     throw new RangeError(`openDataset: limit must be an integer ≥ 1, got ${limit}`);
   }
-  await requireFolder(path);
+  const named = options.flag ? `${options.flag}: ` : '';
+  await requireFolder(path, named);
   const listing = await listFolder(path);
   if (listing.idxImages.length > 0 && listing.images.length === 0) {
     return openMnist(path, listing, preprocess, options);
@@ -86,18 +89,21 @@ export async function openDataset(
     return openImageFolder(path, listing, preprocess, options);
   }
   throw new InputError(
-    `no images in ${path}: expected image files, <class>/ subfolders of images, ` +
+    `${named}no images in ${path}: expected image files, <class>/ subfolders of images, ` +
       'or MNIST *-images-idx3-ubyte files',
     path,
   );
 }
 
-async function requireFolder(path: string): Promise<void> {
+/** `named` is the flag that gave the path, with its separator, or nothing. */
+async function requireFolder(path: string, named: string): Promise<void> {
   let info;
   try {
     info = await stat(path);
   } catch {
-    throw new InputError(`dataset folder not found: ${path}`, path);
+    throw new InputError(`${named}dataset folder not found: ${path}`, path);
   }
-  if (!info.isDirectory()) throw new InputError(`dataset path is not a folder: ${path}`, path);
+  if (!info.isDirectory()) {
+    throw new InputError(`${named}dataset path is not a folder: ${path}`, path);
+  }
 }

@@ -25,6 +25,7 @@ export async function calibrationSample(
     logger: reporting.logger,
     strict: run.strict,
     classes: run.classes,
+    flag: '--calib',
   });
   if (options.calibCount > dataset.size) {
     reporting.logger?.warn(

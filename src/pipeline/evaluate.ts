@@ -79,6 +79,7 @@ export async function evaluate(
     strict: input.strict,
     classes: input.classes,
     limit: input.limit,
+    flag: '--data',
   });
   const accuracy = await evaluateAccuracy(
     input.candidate.model,

@@ -61,7 +61,7 @@ describe('the CLI on bad input', () => {
     expect(lines[0]).toMatch(/patch|block|found/i);
   });
 
-  it('names a missing calibration folder and an empty one, leaving no output', async () => {
+  it('names a missing calibration folder and an empty one, with --calib, leaving no output', async () => {
     const dir = await workdir();
     const empty = join(dir, 'empty');
     await mkdir(empty);
@@ -80,9 +80,15 @@ describe('the CLI on bad input', () => {
       expect(run.code).toBe(1);
       const lines = errorLines(run.stderr);
       expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/^vitslim: --calib: /);
       expect(lines[0]).toContain(calib);
       expect(existsSync(out)).toBe(false);
     }
+    // the evaluation folder is named by its own flag
+    const data = join(dir, 'no-such-data');
+    const run = await vitslim(['eval', vitMnist, '--data', data, '--latency-runs', '0']);
+    expect(run.code).toBe(1);
+    expect(errorLines(run.stderr)).toEqual([`vitslim: --data: dataset folder not found: ${data}`]);
   });
 
   it('skips a corrupt image with a warning, and fails on it with --strict', async () => {

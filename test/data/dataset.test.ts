@@ -192,6 +192,17 @@ describe('unusable dataset paths', () => {
     const path = join(calib, tench);
     await expect(openDataset(path, small)).rejects.toThrow(`dataset path is not a folder: ${path}`);
   });
+
+  it('name the flag that gave the folder first, when told it', async () => {
+    const missing = join(tempDir(), 'nothing-here');
+    await expect(openDataset(missing, small, { flag: '--calib' })).rejects.toThrow(
+      `--calib: dataset folder not found: ${missing}`,
+    );
+    const file = join(calib, tench);
+    await expect(openDataset(file, small, { flag: '--data' })).rejects.toThrow(
+      `--data: dataset path is not a folder: ${file}`,
+    );
+  });
 });
 
 describe('streaming', () => {
