@@ -6,6 +6,7 @@
  * an UnsupportedModelError that says what was expected and where tracing stopped.
  */
 import type { ModelProto } from 'onnx-buf';
+import { UnsupportedModelError } from '../errors.js';
 import { GraphIndex } from '../graph/graph.js';
 import { attentionAt } from './attention.js';
 import { countParameters, graphMacs, macNodesByRole } from './counts.js';
@@ -13,6 +14,7 @@ import { tailAt } from './head.js';
 import { mlpAt } from './mlp.js';
 import { normAt } from './norm.js';
 import { embeddingsAfter, patchEmbedAt } from './patch-embed.js';
+import { quantizedNode } from './quantized.js';
 import { imageInput, ShapeMap } from './shapes.js';
 import {
   dataConsumers,
@@ -26,6 +28,23 @@ import type { BlockMap, StructureCounts, ViTStructure } from './types.js';
 
 /** Recognises the ViT in `model`, or throws UnsupportedModelError saying what was not found. */
 export function recognizeViT(model: ModelProto): ViTStructure {
+  try {
+    return traceViT(model);
+  } catch (error) {
+    if (!(error instanceof UnsupportedModelError)) throw error;
+    // a quantized export fails somewhere in the trace; what to say is that it is quantized
+    const node = quantizedNode(model, error.subject);
+    if (!node) throw error;
+    unsupported(
+      `the model is already quantized: it holds quantized or integer ops such as ` +
+        `${node.opType} (node ${node.name}); inspect, quantize, prune and compress read the ` +
+        'float ViT it was made from (eval measures a quantized model as it is)',
+      node.name,
+    );
+  }
+}
+
+function traceViT(model: ModelProto): ViTStructure {
   const index = new GraphIndex(model);
   const [input, inputShape] = imageInput(index);
   const output = index.outputs[0]?.name;

@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { makeNode } from '../../src/graph/attributes.js';
 import { valueInfo } from '../../src/graph/commands.js';
-import { create } from '@bufbuild/protobuf';
+import { create, fromBinary } from '@bufbuild/protobuf';
 import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema } from 'onnx-buf';
 import { serializeModel } from '../../src/onnx/model-io.js';
 import { floatTensor } from '../../src/onnx/tensor.js';
@@ -59,6 +59,29 @@ describe('the CLI on bad input', () => {
     expect(lines).toHaveLength(1);
     expect(lines[0]).toContain(model);
     expect(lines[0]).toMatch(/patch|block|found/i);
+  });
+
+  it('says plainly that a quantized model is already quantized, naming a quantized node', async () => {
+    const dir = await workdir();
+    const out = join(dir, 'int8');
+    const quantize = ['quantize', vitMnist, '--recipe', 'dynamic-int8', '-q', '-o', out];
+    expect((await vitslim(quantize)).code).toBe(0);
+    const model = join(out, 'model.onnx');
+    const run = await vitslim(['inspect', model]);
+    expect(run.code).toBe(3);
+    const lines = errorLines(run.stderr);
+    expect(lines).toHaveLength(1);
+    const match =
+      /^vitslim: (.*): the model is already quantized: .* such as (\w+) \(node (.+?)\);/.exec(
+        lines[0]!,
+      );
+    expect(match?.[1]).toBe(model);
+    expect(lines[0]).not.toMatch(/tracing stopped/);
+    // the node named is in the file, with that op type, read by the protobuf decoder alone
+    const proto = fromBinary(ModelProtoSchema, await readFile(model));
+    const node = proto.graph?.node.find((n) => n.name === match?.[3]);
+    expect(node?.opType).toBe(match?.[2]);
+    expect(node?.opType).toBe('DynamicQuantizeLinear');
   });
 
   it('names a missing calibration folder and an empty one, with --calib, leaving no output', async () => {
