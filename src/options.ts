@@ -289,8 +289,10 @@ export const quantizeOptionsSchema = z
       'simulated ptq4vit or fqvit model',
     path: ['method'],
   })
-  .refine((o) => o.weightRange === undefined || deployable(o.recipe), {
-    message: '--weight-range sets the int8 weights of a deployable --recipe',
+  .refine((o) => o.weightRange === undefined || storesInt8Weights(o.recipe), {
+    message:
+      'only --recipe w8a8 or dynamic-int8 stores int8 weights on a grid (int4-weights ' +
+      'stores 4-bit blocks; a --bits run is simulated)',
     path: ['weightRange'],
   })
   .refine((o) => !o.noisyQuant || o.method === 'ptq4vit', {
@@ -357,8 +359,17 @@ export function optionsInEffect(options: QuantizeOptions): Partial<QuantizeOptio
  * `--weight-range`, or the default when it was not given; undefined for the other runs.
  */
 export function weightGridInEffect(options: QuantizeOptions): WeightRange | undefined {
-  if (options.recipe !== 'w8a8' && options.recipe !== 'dynamic-int8') return undefined;
+  if (!storesInt8Weights(options.recipe)) return undefined;
   return options.weightRange ?? defaultWeightRange;
+}
+
+/**
+ * The recipes whose linear layers hold int8 weights on a `--weight-range` grid. int4-weights is
+ * not one: its MatMuls hold 4-bit blocks and its Conv's int8 weight only feeds a float Conv, so
+ * no integer kernel sums its products and the grid would change nothing that saturates.
+ */
+function storesInt8Weights(recipe: string | undefined): boolean {
+  return recipe === 'w8a8' || recipe === 'dynamic-int8';
 }
 
 /** The methods built on RepQ-ViT's calibration, whose weights GPTQ or ERQ can set. */

@@ -74,8 +74,11 @@ describe('quantize options', () => {
       [{ recipe: 'dynamic-int8', method: 'repq' }, /--method: RepQ-ViT deploys/],
       [{ recipe: 'w8a8', method: 'ptq4vit' }, /--method: only --method repq has a deployable/],
       [{ recipe: 'int4-weights', weights: 'erq' }, /--weights: int4-weights takes --weights rtn/],
-      [{ bits: 'w4a4', weightRange: 'full' }, /--weight-range: .* deployable --recipe/],
+      [{ bits: 'w4a4', weightRange: 'full' }, /--weight-range: .* --bits run is simulated/],
       [{ recipe: 'w8a8', weightRange: 'wide' }, /--weight-range/],
+      // int4-weights holds 4-bit blocks: no int8 kernel would read the grid
+      [{ recipe: 'int4-weights', weightRange: 'full' }, /--weight-range: .* w8a8 or dynamic-int8/],
+      [{ recipe: 'int4-weights', weightRange: 'reduced' }, /--weight-range: .*int4-weights/],
     ];
     for (const [options, message] of cases) expect(() => parse(options)).toThrow(message);
   });

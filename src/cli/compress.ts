@@ -79,7 +79,7 @@ export function registerCompress(program: Command, context: () => CliContext): v
     .option('--weights <how>', 'as in quantize: rtn | gptq | erq')
     .option('--fp-format <f>', 'float format of --method fp, as in quantize')
     .option('--noisy-quant', 'PTQ4ViT with NoisyQuant noise, as in quantize')
-    .option('--weight-range <grid>', 'int8 weights of a deployable recipe: reduced | full')
+    .option('--weight-range <grid>', 'int8 weights of w8a8 and dynamic-int8: reduced | full')
     .option('--observer <kind>', 'activation ranges: minmax | percentile | mse | omse')
     .option('--weight-observer <kind>', 'weight ranges: minmax | percentile | mse | omse')
     .option('--percentile <p>', 'percentile of the percentile observer (default 99.99)')

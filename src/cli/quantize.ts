@@ -97,7 +97,7 @@ export function registerQuantize(program: Command, context: () => CliContext): v
     .option('--block-size <n>', 'int4-weights block size along K (default 32)')
     .option(
       '--weight-range <grid>',
-      'int8 weights of a deployable recipe: reduced (default, |q| ≤ 64, exact on every x86 ' +
+      'int8 weights of w8a8 and dynamic-int8: reduced (default, |q| ≤ 64, exact on every x86 ' +
         'CPU) | full (8 bits, for CPUs with VNNI)',
     )
     .option('--data <dir>', 'also evaluate on these labelled images against the input model')

@@ -232,6 +232,23 @@ describe('the CLI on bad input', () => {
     }
   });
 
+  it('refuses --weight-range with --recipe int4-weights in one line naming the flag', async () => {
+    const dir = await workdir();
+    const out = join(dir, 'o');
+    const int4 = ['--recipe', 'int4-weights', '--weight-range', 'full', '-o', out];
+    for (const args of [
+      ['quantize', vitMnist, ...int4],
+      ['compress', vitMnist, '--mlp', '0.25', '--calib', mnistCalib, ...int4],
+    ]) {
+      const run = await vitslim(args);
+      expect(run.code).toBe(1);
+      const lines = errorLines(run.stderr);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/--weight-range: .*w8a8 or dynamic-int8/);
+      expect(existsSync(out)).toBe(false);
+    }
+  });
+
   it('refuses a keep-float selector that matches no layer before any calibration', async () => {
     const dir = await workdir();
     const calib = ['--calib', mnistCalib];
