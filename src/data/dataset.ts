@@ -6,6 +6,7 @@
  * - MNIST: `*-images-idx3-ubyte[.gz]` with `*-labels-idx1-ubyte[.gz]`.
  */
 import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { Logger, ProgressListener } from '../log.js';
 import { listFolder, openImageFolder } from './folder-dataset.js';
@@ -79,14 +80,27 @@ export async function openDataset(
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
     throw new RangeError(`openDataset: limit must be an integer ≥ 1, got ${limit}`);
   }
-  const named = options.flag ? `${options.flag}: ` : '';
-  await requireFolder(path, named);
+  await checkDatasetFolder(path, options.flag);
   const listing = await listFolder(path);
   if (listing.idxImages.length > 0 && listing.images.length === 0) {
     return openMnist(path, listing, preprocess, options);
   }
-  if (listing.images.length > 0 || listing.folders.length > 0) {
-    return openImageFolder(path, listing, preprocess, options);
+  return openImageFolder(path, listing, preprocess, options);
+}
+
+/**
+ * Refuses, with the InputError `openDataset` would give, a `path` that is missing, not a
+ * folder, or holds no image in any of the three layouts; no image is read. A job runs it before
+ * its minutes of calibration and pruning, so that a folder it evaluates on last fails first.
+ * `flag` is the flag that gave the folder (`--data`), named in the message.
+ */
+export async function checkDatasetFolder(path: string, flag?: string): Promise<void> {
+  const named = flag ? `${flag}: ` : '';
+  await requireFolder(path, named);
+  const listing = await listFolder(path);
+  if (listing.images.length > 0 || listing.idxImages.length > 0) return;
+  for (const folder of listing.folders) {
+    if ((await listFolder(join(path, folder))).images.length > 0) return;
   }
   throw new InputError(
     `${named}no images in ${path}: expected image files, <class>/ subfolders of images, ` +

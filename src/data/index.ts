@@ -21,6 +21,7 @@ export {
 } from './image.js';
 export { resizeWindow, type ResizeWindow } from './resample.js';
 export {
+  checkDatasetFolder,
   openDataset,
   type Batch,
   type BatchOptions,

@@ -4,7 +4,7 @@
  * size). The pruned model's own accuracy is measured too when asked: it tells which half of the
  * loss comes from pruning.
  */
-import type { PreprocessConfig } from '../data/index.js';
+import { checkDatasetFolder, type PreprocessConfig } from '../data/index.js';
 import { InputError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
@@ -83,6 +83,8 @@ export async function compressModel(
   }
   // the pruned model keeps the roles of the input's layers: a typo fails before pruning
   checkKeepFloat(source, request.quantize, 'roles');
+  // the evaluation folder is read last: a missing or empty one fails before the pruning
+  if (request.prune.data) await checkDatasetFolder(request.prune.data, '--data');
   const started = performance.now();
   const pruned = await pruneStages({ source, options: request.prune, run, preprocess }, reporting);
   const prunedBytes = serializeModel(pruned.model);

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { ModelProto } from 'onnx-buf';
-import type { PreprocessConfig } from '../data/index.js';
+import { checkDatasetFolder, type PreprocessConfig } from '../data/index.js';
 import { InputError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
@@ -70,6 +70,7 @@ export async function pruneJob(
   reporting: Reporting = {},
 ): Promise<PruneJobResult> {
   const logger = reporting.logger ?? silentLogger;
+  if (request.options.data) await checkDatasetFolder(request.options.data, '--data');
   const started = performance.now();
   const pruned = await pruneStages(request, reporting);
   const bytes = serializeModel(pruned.model);

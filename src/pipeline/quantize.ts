@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { ModelProto } from 'onnx-buf';
-import type { PreprocessConfig } from '../data/index.js';
+import { checkDatasetFolder, type PreprocessConfig } from '../data/index.js';
 import { CalibrationError, InputError, InternalError } from '../errors.js';
 import { silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
@@ -103,6 +103,7 @@ export async function quantizeModel(
   const started = performance.now();
   const { options, source } = request;
   checkKeepFloat(source, options);
+  if (options.data) await checkDatasetFolder(options.data, '--data');
   const product = options.recipe
     ? await deployable(request, reporting)
     : await simulated(request, reporting);

@@ -114,6 +114,34 @@ describe('the CLI on bad input', () => {
     expect(errorLines(run.stderr)).toEqual([`vitslim: --data: dataset folder not found: ${data}`]);
   });
 
+  it('refuses a missing or empty --data folder before calibrating or pruning', async () => {
+    const dir = await workdir();
+    const missing = join(dir, 'missing');
+    const empty = join(dir, 'empty');
+    await mkdir(empty);
+    const calib = ['--calib', mnistCalib];
+    const noImages =
+      `vitslim: --data: no images in ${empty}: expected image files, <class>/ subfolders of ` +
+      'images, or MNIST *-images-idx3-ubyte files';
+    for (const args of [
+      ['quantize', vitMnist, '--recipe', 'w8a8', ...calib],
+      ['prune', vitMnist, '--mlp', '0.25', ...calib],
+      ['compress', vitMnist, '--mlp', '0.25', '--recipe', 'w8a8', ...calib],
+    ]) {
+      for (const [data, message] of [
+        [missing, `vitslim: --data: dataset folder not found: ${missing}`],
+        [empty, noImages],
+      ] as const) {
+        const out = join(dir, `${args[0]!}-out`);
+        const run = await vitslim([...args, '--data', data, '-o', out]);
+        expect(run.code).toBe(1);
+        // the message of eval's own check, and nothing logged before it (no calibration ran)
+        expect(errorLines(run.stderr)).toEqual([message]);
+        expect(existsSync(out)).toBe(false);
+      }
+    }
+  });
+
   it('skips a corrupt image with a warning, and fails on it with --strict', async () => {
     const dir = await workdir();
     const calib = join(dir, 'calib');

@@ -4,7 +4,12 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
 import type { Logger, ProgressEvent } from '../../src/log.js';
-import { openDataset, type Batch, type Dataset } from '../../src/data/dataset.js';
+import {
+  checkDatasetFolder,
+  openDataset,
+  type Batch,
+  type Dataset,
+} from '../../src/data/dataset.js';
 import { ItemDataset } from '../../src/data/item-dataset.js';
 import type { PreprocessConfig } from '../../src/data/preprocess.js';
 
@@ -202,6 +207,60 @@ describe('unusable dataset paths', () => {
     await expect(openDataset(file, small, { flag: '--data' })).rejects.toThrow(
       `--data: dataset path is not a folder: ${file}`,
     );
+  });
+});
+
+describe('checking a dataset folder before a job', () => {
+  const noImages =
+    'no images in {}: expected image files, <class>/ subfolders of images, or MNIST ' +
+    '*-images-idx3-ubyte files';
+
+  /** The message of the InputError `check` rejects with. */
+  async function refusal(check: Promise<void>): Promise<string> {
+    const error = await check.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(InputError);
+    return (error as Error).message;
+  }
+
+  it('refuses a missing path, a file and a folder without images, naming the flag', async () => {
+    const missing = join(tempDir(), 'nothing-here');
+    expect(await refusal(checkDatasetFolder(missing, '--data'))).toBe(
+      `--data: dataset folder not found: ${missing}`,
+    );
+    const file = join(calib, tench);
+    expect(await refusal(checkDatasetFolder(file, '--data'))).toBe(
+      `--data: dataset path is not a folder: ${file}`,
+    );
+    const empty = tempDir();
+    writeFileSync(join(empty, 'README.txt'), 'no images');
+    expect(await refusal(checkDatasetFolder(empty, '--data'))).toBe(
+      `--data: ${noImages.replace('{}', empty)}`,
+    );
+    // class folders that hold no image are no dataset either
+    const tree = tempDir();
+    mkdirSync(join(tree, 'cats'));
+    mkdirSync(join(tree, 'dogs'));
+    expect(await refusal(checkDatasetFolder(tree, '--data'))).toBe(
+      `--data: ${noImages.replace('{}', tree)}`,
+    );
+  });
+
+  it('gives openDataset the same message for class folders without images', async () => {
+    const tree = tempDir();
+    mkdirSync(join(tree, 'cats'));
+    await expect(openDataset(tree, small, { flag: '--data' })).rejects.toThrow(
+      `--data: ${noImages.replace('{}', tree)}`,
+    );
+  });
+
+  it('accepts the ImageNet tree, a flat folder and MNIST files', async () => {
+    const mnist = join(import.meta.dirname, '..', '..', 'assets', 'mnist-1k');
+    for (const path of [val, calib, flatFolder([tench]), mnist]) {
+      await expect(checkDatasetFolder(path, '--data')).resolves.toBeUndefined();
+    }
   });
 });
 
