@@ -34,7 +34,14 @@ export interface PreprocessConfig {
   width: number;
 }
 
-const side = z.number().int().positive().max(16384);
+const side = z
+  .number()
+  .int('expected a whole number of pixels')
+  .positive('expected a whole number of pixels ≥ 1')
+  .max(16384, 'expected at most 16384 pixels');
+
+/** The override keys that are CLI flags of the same name: a bad value is named by its flag. */
+const sizeFlags = ['resize', 'crop'] as const;
 
 /** Every field of a preprocessing config; also the schema of overrides (all optional). */
 export const preprocessConfigSchema = z.strictObject({
@@ -70,7 +77,12 @@ export async function resolvePreprocess(
   modelPath: string,
   overrides: Partial<PreprocessConfig> = {},
 ): Promise<PreprocessConfig> {
-  const given = parseOrThrow(preprocessOverridesSchema, overrides, 'preprocessing overrides');
+  const given = parseOrThrow(
+    preprocessOverridesSchema,
+    overrides,
+    'preprocessing overrides',
+    sizeFlags,
+  );
   const configPath = join(dirname(modelPath), 'config.json');
   const fromConfig = await readTimmConfig(configPath);
   if (!fromConfig && Object.keys(given).length === 0) {
@@ -82,7 +94,7 @@ export async function resolvePreprocess(
   const source = fromConfig ? configPath : modelPath;
   const config = completeConfig({ ...fromConfig, ...given }, source);
   checkChannelValues(config, given, source);
-  checkConsistent(config, source);
+  checkConsistent(config, given, source);
   return config;
 }
 
@@ -174,33 +186,82 @@ function broadcast(values: number[], channels: number): number[] {
   return values.length === 1 ? Array.from({ length: channels }, () => values[0]!) : values;
 }
 
-function checkConsistent(config: PreprocessConfig, source: string): void {
+/**
+ * The mean and std have a value per channel, the crop is the input size and fits in the resized
+ * image. A --crop or --resize that does not fit is named with the value given (the config file
+ * only supplied the rest); a problem of the config file's own fields names the file.
+ */
+function checkConsistent(
+  config: PreprocessConfig,
+  given: Partial<PreprocessConfig>,
+  source: string,
+): void {
   const problems: string[] = [];
   for (const key of ['mean', 'std'] as const) {
     if (config[key].length !== config.channels) {
       problems.push(`${key} has ${config[key].length} values for ${config.channels} channels`);
     }
   }
-  if (config.crop !== null && (config.crop !== config.height || config.crop !== config.width)) {
+  const flagged = sizeProblems(config, given, source);
+  problems.push(...flagged.filter((p) => !p.startsWith('--')));
+  const named = flagged.filter((p) => p.startsWith('--'));
+  if (problems.length > 0) named.push(`bad preprocessing for ${source}: ${problems.join('; ')}`);
+  if (named.length > 0) throw new InputError(named.join('; '), source);
+}
+
+/**
+ * What does not fit between crop, resize and input size; a problem a flag caused starts with
+ * the flag. A --crop that is not the input size is the only one named for it: whether it also
+ * exceeds the resize is moot until it is the input size.
+ */
+function sizeProblems(
+  config: PreprocessConfig,
+  given: Partial<PreprocessConfig>,
+  source: string,
+): string[] {
+  const { crop, resize, height, width } = config;
+  if (crop === null) return [];
+  const problems: string[] = [];
+  if (crop !== height || crop !== width) {
+    if (given.crop !== undefined) {
+      const input = `the input of ${source} is ${height}×${width}`;
+      const expected = height === width ? `${height} (${input})` : `none (${input}, not a square)`;
+      return [`--crop: expected ${expected}, got "${given.crop}"`];
+    }
+    problems.push(`crop ${crop} differs from the input size ${height}×${width}`);
+  }
+  if (resize !== null && crop > resize) {
+    const from = given.crop === undefined ? source : '--crop';
     problems.push(
-      `crop ${config.crop} differs from the input size ${config.height}×${config.width}`,
+      given.resize === undefined
+        ? `crop ${crop} is larger than the resized shorter side ${resize}`
+        : `--resize: expected at least the crop, ${crop} (from ${from}), got "${given.resize}"`,
     );
   }
-  if (config.crop !== null && config.resize !== null && config.crop > config.resize) {
-    problems.push(`crop ${config.crop} is larger than the resized shorter side ${config.resize}`);
-  }
-  if (problems.length > 0) {
-    throw new InputError(`bad preprocessing for ${source}: ${problems.join('; ')}`, source);
-  }
+  return problems;
 }
 
 /** Parses with zod and reports every problem with its path in one InputError. */
-function parseOrThrow<T extends z.ZodType>(schema: T, value: unknown, source: string): z.output<T> {
+function parseOrThrow<T extends z.ZodType>(
+  schema: T,
+  value: unknown,
+  source: string,
+  flags: readonly string[] = [],
+): z.output<T> {
   const result = schema.safeParse(value);
   if (result.success) return result.data;
-  const problems = result.error.issues.map((issue) => {
+  const named: string[] = [];
+  const problems: string[] = [];
+  for (const issue of result.error.issues) {
+    const [key] = issue.path;
+    if (issue.path.length === 1 && typeof key === 'string' && flags.includes(key)) {
+      const given = String((value as Record<string, unknown>)[key]);
+      named.push(`--${key}: ${issue.message}, got "${given}"`);
+      continue;
+    }
     const path = issue.path.length > 0 ? issue.path.join('.') : basename(source);
-    return `${path}: ${issue.message}`;
-  });
-  throw new InputError(`bad preprocessing in ${source}: ${problems.join('; ')}`, source);
+    problems.push(`${path}: ${issue.message}`);
+  }
+  if (problems.length > 0) named.push(`bad preprocessing in ${source}: ${problems.join('; ')}`);
+  throw new InputError(named.join('; '), source);
 }

@@ -242,6 +242,7 @@ describe('the CLI on bad input', () => {
       [[...quantize, '--percentile', 'p99'], /--percentile: expected a number, got "p99"/],
       [[...quantize, '--mean', '0.5,x'], /--mean: expected comma-separated numbers, got "0.5,x"/],
       [[...quantize, '--mean', '0.5,0.5'], /--mean: expected 1 value \(.*\), got "0.5,0.5"$/],
+      [[...quantize, '--crop', '20'], /--crop: expected 28 \(.*config\.json is 28×28\), got "20"$/],
       [['eval', vitMnist, '--data', mnistCalib, '--limit', 'ten'], /--limit: .* got "ten"/],
       // a setting of an override is named as typed, not by its key in a recipe file
       [

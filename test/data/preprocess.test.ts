@@ -68,13 +68,51 @@ describe('resolvePreprocess', () => {
     const overrides = { std: [0], crop: -1, colour: 'rgb' } as unknown as object;
     const error = await resolvePreprocess(vitTiny, overrides).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(InputError);
-    expect((error as Error).message).toMatch(/std\.0.*crop.*colour/s);
+    const message = (error as Error).message;
+    expect(message).toMatch(/std\.0.*colour/s);
+    expect(message).toContain('--crop: expected a whole number of pixels ≥ 1, got "-1"');
   });
 
-  it('refuses a crop larger than the resize', async () => {
-    const error = await resolvePreprocess(vitTiny, { resize: 200 }).catch((e: unknown) => e);
-    expect((error as Error).message).toContain(
-      'crop 224 is larger than the resized shorter side 200',
+  it('refuses a crop larger than the resize of its own config.json, naming the file', async () => {
+    // crop_pct 1.25: resize = floor(224 / 1.25) = 179, less than the 224 crop
+    const model = modelInTempDir({ input_size: [3, 224, 224], crop_pct: 1.25, mean: [0.5] });
+    const error = await resolvePreprocess(model, { std: [0.5] }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InputError);
+    expect((error as Error).message).toBe(
+      `bad preprocessing for ${join(model, '..', 'config.json')}: crop 224 is larger than the ` +
+        'resized shorter side 179',
+    );
+  });
+
+  it('names --crop and --resize with the value given when they do not fit the input', async () => {
+    const config = join(vitTiny, '..', 'config.json');
+    const message = async (overrides: object, model = vitTiny) => {
+      const error = await resolvePreprocess(model, overrides).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(InputError);
+      return (error as Error).message;
+    };
+    // the ViT-Tiny's config.json: input 224×224, crop 224 from a 248 resize
+    expect(await message({ crop: 200 })).toBe(
+      `--crop: expected 224 (the input of ${config} is 224×224), got "200"`,
+    );
+    expect(await message({ resize: 200 })).toBe(
+      `--resize: expected at least the crop, 224 (from ${config}), got "200"`,
+    );
+    expect(await message({ crop: 224, resize: 200 })).toBe(
+      '--resize: expected at least the crop, 224 (from --crop), got "200"',
+    );
+    // a crop that is not the input size is the one problem named, even if above the resize
+    expect(await message({ crop: 300, resize: 256 })).toBe(
+      `--crop: expected 224 (the input of ${config} is 224×224), got "300"`,
+    );
+    expect(await message({ resize: 20000 })).toBe(
+      '--resize: expected at most 16384 pixels, got "20000"',
+    );
+    // a non-square input takes no square crop
+    const wide = modelInTempDir({ input_size: [3, 224, 192], mean: [0.5], std: [0.5] });
+    expect(await message({ crop: 200 }, wide)).toBe(
+      `--crop: expected none (the input of ${join(wide, '..', 'config.json')} is 224×192, ` +
+        'not a square), got "200"',
     );
   });
 
