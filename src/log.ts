@@ -39,6 +39,14 @@ export function createLogger(level: LogLevel, sink: (line: string) => void): Log
   return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') };
 }
 
+/**
+ * `logger` with only its errors kept: for a second pass over images whose warnings (unlabelled,
+ * unreadable) the first pass has already given.
+ */
+export function errorsOnly(logger: Logger | undefined): Logger {
+  return logger ? { ...silentLogger, error: (message) => logger.error(message) } : silentLogger;
+}
+
 /** What long-running library functions accept to report their work. */
 export interface Reporting {
   logger?: Logger;

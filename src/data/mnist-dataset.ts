@@ -67,7 +67,8 @@ async function readLabels(
   const names = ['-labels-idx1-ubyte', '-labels.idx1-ubyte'].flatMap((s) => [s, `${s}.gz`]);
   const path = names.map((s) => join(root, stem + s)).find((p) => existsSync(p));
   if (!path) {
-    (options.logger ?? silentLogger).warn(
+    // debug only: calibration needs no labels, and evaluation warns once for the folder
+    (options.logger ?? silentLogger).debug(
       `no labels file for ${imagesName}: digits are unlabelled`,
     );
     return null;

@@ -6,7 +6,7 @@
  */
 import { checkDatasetFolder, type PreprocessConfig } from '../data/index.js';
 import { InputError } from '../errors.js';
-import { silentLogger, type Reporting } from '../log.js';
+import { errorsOnly, silentLogger, type Reporting } from '../log.js';
 import { serializeModel } from '../onnx/model-io.js';
 import type { PruneFlags, QuantizeOptions, RunOptions } from '../options.js';
 import type { EvaluationReport } from './evaluate.js';
@@ -126,8 +126,10 @@ export async function compressModel(
     const e = await evaluateAgainstSource(candidate, settings, reporting);
     report.evaluation = withCounts(e, pruned.counts);
     if (request.evaluatePruned) {
+      // the same images again: their warnings were given by the evaluation above
+      const again = { ...reporting, logger: errorsOnly(reporting.logger) };
       const float = { model: prunedBytes, fileBytes: prunedBytes.length };
-      const f = await evaluateAgainstSource(float, settings, reporting, false);
+      const f = await evaluateAgainstSource(float, settings, again, false);
       report.pruned.evaluation = withCounts(f, pruned.counts);
     }
     report.seconds.evaluate = (performance.now() - t) / 1000;

@@ -347,6 +347,34 @@ describe('the CLI on good input', () => {
     expect(run.stdout).toMatch(/\| top-1 \| – \|/);
   });
 
+  it('warns once about a folder without labels, also when compress evaluates twice', async () => {
+    // MNIST digits without their labels file
+    const dir = await workdir();
+    const data = join(dir, 'digits');
+    await mkdir(data);
+    const images = 't10k-images-idx3-ubyte.gz';
+    await copyFile(join(mnistCalib, images), join(data, images));
+    const out = join(dir, 'out');
+    const evaluation = ['--data', data, '--latency-runs', '0'];
+    const compress = ['--mlp', '0.25', '--recipe', 'dynamic-int8', '--eval-pruned', '-o', out];
+    for (const args of [
+      ['eval', vitMnist, ...evaluation],
+      ['compress', vitMnist, ...compress, ...evaluation],
+    ]) {
+      const run = await vitslim(args);
+      expect(run.code).toBe(0);
+      const warnings = errorLines(run.stderr).filter((l) => l.startsWith('warn'));
+      expect(warnings).toEqual([expect.stringContaining(`no labels found in ${data}: top-1`)]);
+    }
+    // both models of compress were evaluated: the quantized one and the pruned float one
+    const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as {
+      evaluation: { accuracy: { images: number } };
+      pruned: { evaluation: { accuracy: { images: number } } };
+    };
+    expect(report.evaluation.accuracy.images).toBe(256);
+    expect(report.pruned.evaluation.accuracy.images).toBe(256);
+  });
+
   it('reports pruning calibration only when pruning read calibration images', async () => {
     const dir = await workdir();
     const common = ['--recipe', 'w8a8', '--calib', mnistCalib, '--calib-count', '16', '-q'];
