@@ -9,7 +9,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import type { Logger, ProgressListener } from '../log.js';
-import { listFolder, openImageFolder } from './folder-dataset.js';
+import { listFolder, openImageFolder, type FolderListing } from './folder-dataset.js';
 import { openMnist } from './mnist-dataset.js';
 import type { PreprocessConfig } from './preprocess.js';
 
@@ -80,8 +80,7 @@ export async function openDataset(
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
     throw new RangeError(`openDataset: limit must be an integer ≥ 1, got ${limit}`);
   }
-  await checkDatasetFolder(path, options.flag);
-  const listing = await listFolder(path);
+  const listing = await datasetListing(path, options.flag);
   if (listing.idxImages.length > 0 && listing.images.length === 0) {
     return openMnist(path, listing, preprocess, options);
   }
@@ -95,12 +94,17 @@ export async function openDataset(
  * `flag` is the flag that gave the folder (`--data`), named in the message.
  */
 export async function checkDatasetFolder(path: string, flag?: string): Promise<void> {
+  await datasetListing(path, flag);
+}
+
+/** The listing of a dataset folder, once `checkDatasetFolder`'s conditions hold. */
+async function datasetListing(path: string, flag?: string): Promise<FolderListing> {
   const named = flag ? `${flag}: ` : '';
   await requireFolder(path, named);
   const listing = await listFolder(path);
-  if (listing.images.length > 0 || listing.idxImages.length > 0) return;
+  if (listing.images.length > 0 || listing.idxImages.length > 0) return listing;
   for (const folder of listing.folders) {
-    if ((await listFolder(join(path, folder))).images.length > 0) return;
+    if ((await listFolder(join(path, folder))).images.length > 0) return listing;
   }
   throw new InputError(
     `${named}no images in ${path}: expected image files, <class>/ subfolders of images, ` +
