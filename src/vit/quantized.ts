@@ -4,23 +4,28 @@
  */
 import type { ModelProto, NodeProto } from 'onnx-buf';
 
-/** Op types only a quantized graph holds: quantize/dequantize steps and integer kernels. */
-const quantizedOps: ReadonlySet<string> = new Set([
-  'QuantizeLinear',
-  'DequantizeLinear',
-  'DynamicQuantizeLinear',
-  'MatMulInteger',
-  'ConvInteger',
+/** Kernels that compute a linear layer in integer arithmetic (or from packed integer weights). */
+export const integerKernels: ReadonlySet<string> = new Set([
   'QLinearMatMul',
   'QLinearConv',
   'QGemm',
+  'MatMulIntegerToFloat',
+  'DynamicQuantizeMatMul',
+  'MatMulInteger',
+  'ConvInteger',
+  'MatMulNBits',
+]);
+
+/** Op types only a quantized graph holds: the integer kernels and quantize/dequantize steps. */
+const quantizedOps: ReadonlySet<string> = new Set([
+  ...integerKernels,
+  'QuantizeLinear',
+  'DequantizeLinear',
+  'DynamicQuantizeLinear',
   'QLinearAdd',
   'QLinearMul',
   'QLinearSoftmax',
   'QAttention',
-  'MatMulIntegerToFloat',
-  'DynamicQuantizeMatMul',
-  'MatMulNBits',
   'MatMulBnb4',
 ]);
 

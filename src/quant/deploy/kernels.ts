@@ -11,19 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../onnx/model-io.js';
 import { createSession } from '../../runtime/session.js';
+import { integerKernels } from '../../vit/quantized.js';
 import { deployLayers, type LayerSource } from './layers.js';
 
-/** Kernels that compute a linear layer in integer arithmetic (or from packed integer weights). */
-export const integerKernels: ReadonlySet<string> = new Set([
-  'QLinearMatMul',
-  'QLinearConv',
-  'QGemm',
-  'MatMulIntegerToFloat',
-  'DynamicQuantizeMatMul',
-  'MatMulInteger',
-  'ConvInteger',
-  'MatMulNBits',
-]);
+export { integerKernels };
 
 /** Float kernels a linear layer can become (onnxruntime fuses MatMul+Add, Conv+activation…). */
 export const floatKernels: ReadonlySet<string> = new Set([
